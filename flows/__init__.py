@@ -1,0 +1,1 @@
+"""flows: Prefect flows that orchestrate the lafs stages; no science lives here."""

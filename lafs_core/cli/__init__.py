@@ -1,0 +1,1 @@
+"""The ``lafs`` command line: one sub-command per stage."""

@@ -1,0 +1,42 @@
+"""Entry point of the ``lafs`` console script."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from lafs_core.env import configure_offline_env
+from lafs_core.errors import LafsError
+
+app = typer.Typer(
+    help="LAFS: landmark-based facial self-supervised learning, from raw faces to evaluated models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from lafs_core.cli import data, data_shards, evaluate, finetune, pipeline, pretrain
+
+    app.add_typer(data.app, name="data")
+    data_shards.register(data.app)
+    app.add_typer(evaluate.app, name="eval")
+    finetune.register(app)
+    pretrain.register(app)
+    pipeline.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Run the CLI; user errors print one line and exit with status 2."""
+    configure_offline_env()
+    try:
+        app()
+    except LafsError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(2)

@@ -1,0 +1,56 @@
+"""One place that makes Prefect, MLflow and torch safe to run offline, inside the project folder.
+
+Used by the CLI, the flows and the tests. Values already set by the user win (``setdefault``), so a cluster
+can point ``MLFLOW_TRACKING_URI`` at a server and ``PREFECT_API_URL`` at a Prefect server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_home() -> Path:
+    """The folder that holds run outputs, the MLflow sqlite store and Prefect's home.
+
+    ``LAFS_HOME`` if set, else the repository checkout this package lives in (when run from a clone),
+    else the current directory.
+    """
+    if env := os.environ.get("LAFS_HOME"):
+        return Path(env).resolve()
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file():
+        return repo
+    return Path.cwd().resolve()
+
+
+def shared_datasets() -> Path:
+    """Root of the real labelled face datasets (``LAFS_SHARED``/datasets, default ``<repo>/../shared``)."""
+    shared = os.environ.get("LAFS_SHARED") or str(project_home().parent / "shared")
+    return Path(shared).resolve() / "datasets"
+
+
+def offline_environment(home: Path | None = None) -> dict[str, str]:
+    """The environment variables that keep every tool local, quiet and inside ``home``."""
+    home = (home or project_home()).resolve()
+    return {
+        "LAFS_HOME": str(home),
+        "PREFECT_HOME": str(home / ".prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TORCH_HOME": str(home / ".torch"),
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+
+
+def configure_offline_env(home: Path | None = None) -> dict[str, str]:
+    """Apply :func:`offline_environment` to ``os.environ`` without overriding user settings."""
+    for key, value in offline_environment(home).items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in offline_environment(home)}
