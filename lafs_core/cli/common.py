@@ -13,9 +13,7 @@ from lafs_core.config import StageConfig, load_config
 
 C = TypeVar("C", bound=StageConfig)
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config file (overrides the preset)")
-]
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (overrides the preset)")]
 PresetOption = Annotated[str | None, typer.Option("--preset", help="model preset: tiny, small or base")]
 OverridesArgument = Annotated[
     list[str] | None, typer.Argument(help="key=value overrides, e.g. train.steps=100 model.depth=4")

@@ -71,6 +71,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _parse_value(raw: str) -> Any:
+    """A YAML scalar/list, with numbers such as ``1e-3`` (a string in YAML 1.1) read as floats."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     """Turn ``["a.b=1", "c=[1, 2]"]`` into a nested dict; values are parsed as YAML scalars/lists."""
     nested: dict[str, Any] = {}
@@ -78,10 +92,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        value = _parse_value(raw)
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:

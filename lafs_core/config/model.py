@@ -37,6 +37,10 @@ class ModelConfig(BaseModel):
     sampler_convention: Literal["official", "centered"] = Field(
         "centered", description="'official' reproduces the released checkpoints' patch geometry"
     )
+    init: Literal["timm", "official"] = Field(
+        "timm",
+        description="'timm': trunc-normal(.02) linears and embeddings; 'official': PyTorch defaults, N(0,1) CLS/pos",
+    )
     landmark_width: float = Field(1.0, description="MobileNetV3 width multiplier of the landmark CNN")
     landmark_dropout: float = 0.5
     dino_out_dim: int = 100_000

@@ -1,0 +1,1 @@
+"""Data on the torch side: the input transform, shard loaders, views and batched augmentation."""

@@ -1,0 +1,1 @@
+"""Losses: DINO with centring."""

@@ -1,0 +1,1 @@
+"""Models: landmark CNN, landmark patch sampler, Part fViT, heads, margins, checkpoints."""

@@ -1,0 +1,1 @@
+"""Training: distributed set-up, schedules, checkpoints, tracking and the stage loops."""
