@@ -1,0 +1,1 @@
+"""Throughput benchmarks: each prints one JSON line (protocols.md section 4)."""
