@@ -10,17 +10,41 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lafs_core.env import configure_offline_env, shared_datasets
+from lafs_core.env import configure_offline_env
+from lafs_core.env import shared_datasets as find_shared_datasets
 
 configure_offline_env()
+
+IMAGE_ROOTS = {
+    "lfw": "lfw_deepfunneled/lfw-deepfunneled",
+    "yaleb": "extended_yale_b_cropped/CroppedYale",
+    "att": "att_faces/att_faces",
+    "yale": "yalefaces/yalefaces",
+}
 
 
 @pytest.fixture(scope="session")
 def datasets_root() -> Path:
     """``../shared/datasets``; a missing folder fails loudly (the suite needs the real images)."""
-    root = shared_datasets()
+    root = find_shared_datasets()
     assert root.is_dir(), f"shared datasets not found at {root} (set LAFS_SHARED)"
     return root
+
+
+@pytest.fixture(scope="session")
+def shared_datasets(datasets_root: Path) -> Path:
+    """The datasets root with the four image roots and the LFW pair files; anything missing fails, never skips."""
+    needed = [*IMAGE_ROOTS.values(), "lfw_deepfunneled/pairs.txt", "lfw_deepfunneled/pairsDevTest.txt"]
+    missing = [rel for rel in needed if not (datasets_root / rel).exists()]
+    if missing:
+        pytest.fail(f"shared datasets missing under {datasets_root}: {missing} (set LAFS_SHARED)", pytrace=False)
+    return datasets_root
+
+
+@pytest.fixture(scope="session")
+def lfw_root(shared_datasets: Path) -> Path:
+    """LFW deep-funneled image root (one folder per person, 250x250 JPEGs)."""
+    return shared_datasets / IMAGE_ROOTS["lfw"]
 
 
 @pytest.fixture(scope="session")

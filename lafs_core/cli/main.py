@@ -38,5 +38,5 @@ def main() -> None:
     try:
         app()
     except LafsError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         sys.exit(2)
