@@ -2,6 +2,273 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+
+from lafs_core.cli.common import JsonOption, print_json
 
 app = typer.Typer(help="Evaluate models: 10-fold verification, IJB-B/C, registry aliases.", no_args_is_help=True)
+console = Console()
+
+ModelOption = Annotated[Path, typer.Option("--model", "-m", help="model checkpoint (ours or an official file)")]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass (x2 with flip)")]
+WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="image decoding worker processes")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")]
+MlflowOption = Annotated[
+    bool, typer.Option("--mlflow/--no-mlflow", help="log metrics, JSON and ROC PNG to MLflow (MLFLOW_RUN_ID or new)")
+]
+ExperimentOption = Annotated[str, typer.Option("--experiment", help="MLflow experiment of a new run")]
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _load_model(path: Path, device: Any) -> Any:
+    from lafs_core.models.checkpoint import load_face_model
+
+    return load_face_model(path).to(device).eval()
+
+
+def _autocast(device: Any) -> Any:
+    import torch
+
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def _mlflow_run(enabled: bool, experiment: str, run_name: str) -> Iterator[bool]:
+    """Attach to ``MLFLOW_RUN_ID`` / the active run, or open a new run (child of the pipeline run if any)."""
+    if not enabled:
+        yield False
+        return
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        yield True
+        return
+    tags = {"lafs.stage": "eval"}
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment)
+        if parent := os.environ.get("LAFS_MLFLOW_PARENT_RUN_ID"):
+            tags["mlflow.parentRunId"] = parent
+    with mlflow.start_run(run_name=run_name, tags=tags):
+        yield True
+
+
+def _default_out(model: Path, name: str) -> Path:
+    from lafs_core.env import project_home
+    from lafs_core.eval.report import set_name
+
+    return project_home() / "runs" / "eval" / f"{model.stem}_{set_name(name)}.json"
+
+
+@app.command()
+def verify(
+    model: ModelOption,
+    pairs: Annotated[
+        str, typer.Option("--pairs", "-p", help="LFW pair file, .bin, labelled folder, or lfw-v1/lfw-v2/att/yaleb/yale")
+    ],
+    images: Annotated[Path | None, typer.Option("--images", help="image root of an LFW pair file")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="report path (ROC PNG beside it)")] = None,
+    align: Annotated[str, typer.Option("--align", help="auto, lfw-deepfunneled or none")] = "auto",
+    metric: Annotated[str, typer.Option("--metric", help="sq_l2 or cosine")] = "sq_l2",
+    thresholds: Annotated[str, typer.Option("--thresholds", help="exact (every cut) or grid (official)")] = "exact",
+    seed: Annotated[int, typer.Option("--seed", help="seed of generated pairs for a labelled folder")] = 0,
+    name: Annotated[str | None, typer.Option("--name", help="set name in metrics (default from PAIRS)")] = None,
+    batch_size: BatchOption = 128,
+    workers: WorkersOption = 0,
+    device: DeviceOption = "auto",
+    mlflow_log: MlflowOption = False,
+    experiment: ExperimentOption = "lafs-eval",
+) -> None:
+    """10-fold verification accuracy (mean +- std), TAR@FAR, AUC and the ROC of a checkpoint on a pair set."""
+    from lafs_core.errors import ConfigError
+    from lafs_core.eval.pairsets import load_pair_set
+    from lafs_core.eval.probe import verify_pair_set
+    from lafs_core.eval.report import log_to_mlflow, write_report
+
+    for value, allowed, option in (
+        (align, ("auto", "lfw-deepfunneled", "none"), "--align"),
+        (metric, ("sq_l2", "cosine"), "--metric"),
+        (thresholds, ("exact", "grid"), "--thresholds"),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{option} must be one of {', '.join(allowed)}, not {value!r}")
+    pair_set = load_pair_set(pairs, images, align, seed)  # type: ignore[arg-type]
+    set_label = name or pair_set.name
+    dev = _device(device)
+    face_model = _load_model(model, dev)
+    console.print(f"{set_label}: {len(pair_set)} pairs, {len(pair_set.images)} images, {pair_set.fold_rule} folds")
+    verified = verify_pair_set(
+        face_model,
+        pair_set,
+        batch_size,
+        workers,
+        metric,  # type: ignore[arg-type]
+        thresholds,  # type: ignore[arg-type]
+        autocast_dtype=_autocast(dev),
+        progress=True,
+    )
+    report = verified.report(
+        set_label, model=str(model), source=pair_set.source, fold_rule=pair_set.fold_rule, thresholds=thresholds
+    )
+    json_path, png_path = write_report(
+        report, json_out or _default_out(model, set_label), verified.result.fpr, verified.result.tpr
+    )
+    with _mlflow_run(mlflow_log, experiment, f"eval-{set_label}") as logging_on:
+        if logging_on:
+            log_to_mlflow(report, (json_path, png_path))
+    res = verified.result
+    tars = ", ".join(f"TAR@FAR={k} {v:.4f}" for k, v in report["tar_at_far"].items())
+    console.print(
+        f"[bold]{set_label}[/]: accuracy {res.accuracy_mean * 100:.2f} +- {res.accuracy_std * 100:.2f} % "
+        f"({res.pairs} pairs, {res.folds} folds), AUC {res.auc:.4f}, {tars}",
+        highlight=False,
+    )
+    if verified.images_skipped:
+        console.print(f"[yellow]{verified.images_skipped} unreadable images, {verified.pairs_skipped} pairs left out")
+    console.print(f"report: {json_path}\nROC: {png_path}", highlight=False)
+
+
+@app.command()
+def ijb(
+    model: ModelOption,
+    root: Annotated[Path, typer.Option("--root", help="IJB folder with loose_crop/ and meta/")],
+    name: Annotated[str | None, typer.Option("--name", help="ijbb or ijbc (default: from meta/)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="report path (ROC PNG beside it)")] = None,
+    norm_score: Annotated[
+        bool, typer.Option("--norm-score/--no-norm-score", help="keep feature norms as quality weights (official)")
+    ] = True,
+    detector_score: Annotated[
+        bool, typer.Option("--detector-score/--no-detector-score", help="weight images by detector score")
+    ] = True,
+    tar_rule: Annotated[str, typer.Option("--tar-rule", help="interp, or nearest (official IJB rule)")] = "interp",
+    batch_size: BatchOption = 128,
+    workers: WorkersOption = 0,
+    device: DeviceOption = "auto",
+    mlflow_log: MlflowOption = False,
+    experiment: ExperimentOption = "lafs-eval",
+) -> None:
+    """IJB-B/C 1:1 template verification: TAR at FAR 1e-6 ... 1e-1 (headline 1e-4)."""
+    from lafs_core.errors import ConfigError
+    from lafs_core.eval.ijb import evaluate_ijb
+    from lafs_core.eval.report import ijb_report, log_to_mlflow, write_report
+
+    if tar_rule not in ("interp", "nearest"):
+        raise ConfigError(f"--tar-rule must be interp or nearest, not {tar_rule!r}")
+    dev = _device(device)
+    face_model = _load_model(model, dev)
+    result = evaluate_ijb(
+        face_model,
+        root,
+        name,
+        batch_size,
+        workers,
+        use_norm_score=norm_score,
+        use_detector_score=detector_score,
+        tar_method=tar_rule,  # type: ignore[arg-type]
+        autocast_dtype=_autocast(dev),
+        progress=True,
+    )
+    report = ijb_report(
+        result,
+        model=str(model),
+        root=str(root),
+        norm_score=norm_score,
+        detector_score=detector_score,
+        tar_rule=tar_rule,
+    )
+    json_path, png_path = write_report(report, json_out or _default_out(model, result.name), result.fpr, result.tpr)
+    with _mlflow_run(mlflow_log, experiment, f"eval-{result.name}") as logging_on:
+        if logging_on:
+            log_to_mlflow(report, (json_path, png_path))
+    tars = ", ".join(f"{k}: {v * 100:.2f}" for k, v in report["tar_at_far"].items())
+    console.print(
+        f"[bold]{result.name}[/]: {result.pairs} pairs, {result.templates} templates; TAR (%) at FAR {tars}",
+        highlight=False,
+    )
+    if result.images_skipped:
+        console.print(f"[yellow]{result.images_skipped} of {result.images} images unreadable and skipped")
+    console.print(f"report: {json_path}\nROC: {png_path}", highlight=False)
+
+
+@app.command()
+def register(
+    model_name: Annotated[str, typer.Option("--model-name", help="registered model name")],
+    metric: Annotated[str, typer.Option("--metric", help="run metric that ranks versions, e.g. lfw-v1/acc")],
+    alias: Annotated[str, typer.Option("--alias", help="alias to set")] = "champion",
+    goal: Annotated[str, typer.Option("--goal", help="max or min")] = "max",
+    json_output: JsonOption = False,
+) -> None:
+    """Point a registry alias (e.g. champion) at the model version whose run has the best metric."""
+    from lafs_core.errors import ConfigError
+    from lafs_core.eval.registry import register_best
+
+    if goal not in ("max", "min"):
+        raise ConfigError(f"--goal must be max or min, not {goal!r}")
+    champion = register_best(model_name, metric, alias, goal)  # type: ignore[arg-type]
+    if json_output:
+        print_json(champion.__dict__)
+        return
+    console.print(
+        f"{champion.model}@{champion.alias} -> version {champion.version} ({champion.metric} = {champion.value:.4f}, "
+        f"best of {champion.candidates}, run {champion.run_id})",
+        highlight=False,
+    )
+
+
+@app.command()
+def compare(
+    metrics: Annotated[list[str], typer.Option("--metric", "-m", help="metric column (repeat, or comma-separate)")],
+    experiments: Annotated[
+        list[str] | None, typer.Option("--experiment", "-e", help="experiment name (repeat; default all)")
+    ] = None,
+    filter_string: Annotated[str, typer.Option("--filter", help="MLflow run filter, e.g. tags.lafs.stage='eval'")] = "",
+    sort_by: Annotated[str | None, typer.Option("--sort-by", help="metric to sort by (default: the first)")] = None,
+    goal: Annotated[str, typer.Option("--goal", help="max or min: which end of --sort-by is best")] = "max",
+    max_results: Annotated[int, typer.Option("--max-results", min=1)] = 100,
+    json_output: JsonOption = False,
+) -> None:
+    """Table of MLflow runs with the given metrics, best first."""
+    from rich.table import Table
+
+    from lafs_core.errors import ConfigError
+    from lafs_core.eval.registry import compare_runs
+
+    if goal not in ("max", "min"):
+        raise ConfigError(f"--goal must be max or min, not {goal!r}")
+    names = [m.strip() for item in metrics for m in item.split(",") if m.strip()]
+    rows = compare_runs(names, experiments, filter_string, max_results, sort_by, goal)  # type: ignore[arg-type]
+    if json_output:
+        print_json(rows)
+        return
+    metric_columns = list(dict.fromkeys([*names, *([sort_by] if sort_by else [])]))
+    table = Table(title=f"{len(rows)} runs")
+    for column in ("run", "experiment", "status"):
+        table.add_column(column)
+    for column in metric_columns:
+        table.add_column(column, justify="right")
+    table.add_column("run_id")
+    for row in rows:
+        cells = [row["run_name"], row["experiment"], row["status"], *[row.get(c) for c in metric_columns]]
+        table.add_row(*[_cell(v) for v in [*cells, row["run_id"]]])
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,147 @@
+"""Data-path throughput (protocols.md 4.3 and 4.4), one JSON line each.
+
+1. Landmark precompute (decode + align + landmark model + JPEG + shard write) vs decode-only on the same files, the
+   same thread count: images/s and their ratio.
+2. Shard loader: decode + geometric landmark views (affines) + batched photometric augmentation of every view:
+   samples/s.
+
+    .venv/bin/python bench/bench_data.py --images 1000 --landmarks grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from data_tools.shards.precompute import precompute
+from lafs_core.config import load_config
+from lafs_core.config.data import ShardsConfig
+from lafs_core.data.augment import GLOBAL_1, GLOBAL_2, LOCAL
+from lafs_core.data.loader import train_loader
+from lafs_core.data.views import ViewSpec
+from lafs_core.env import shared_datasets
+
+
+def pick_files(root: Path, count: int) -> list[Path]:
+    """The first ``count`` images of an identity-folder dataset, in sorted order."""
+    return sorted(root.glob("*/*.jpg"))[:count]
+
+
+def decode_rate(files: list[Path], workers: int) -> float:
+    """Images/s of read + decode only."""
+
+    def decode(path: Path) -> int:
+        return cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR).shape[0]
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(decode, files))
+    return len(files) / (time.perf_counter() - start)
+
+
+def link_folder(files: list[Path], dest: Path) -> Path:
+    """An identity-folder view of ``files`` made of symlinks."""
+    for path in files:
+        (dest / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (dest / path.parent.name / path.name).symlink_to(path)
+    return dest
+
+
+def loader_rate(shard_dir: Path, batch_size: int, workers: int, views: int, batches: int) -> tuple[float, float]:
+    """Samples/s of the training loader with views, with and without photometric augmentation of every view.
+
+    The first batch (worker start-up) is not timed; "without" subtracts the augmentation time measured in the loop.
+    """
+    loader = train_loader(shard_dir, batch_size, num_workers=workers, views=ViewSpec(num_views=views))
+    augs = [GLOBAL_1, GLOBAL_2] + [LOCAL] * (views - 2)
+    generator = torch.Generator().manual_seed(0)
+    seen, aug_time, start = 0, 0.0, time.perf_counter()
+    for i, batch in enumerate(loader):
+        if i == 0:
+            start = time.perf_counter()
+            continue
+        tick = time.perf_counter()
+        for aug in augs:
+            aug(batch["images"], generator)
+        aug_time += time.perf_counter() - tick
+        seen += batch["images"].shape[0]
+        if i == batches:
+            break
+    total = time.perf_counter() - start
+    return seen / total, seen / (total - aug_time)
+
+
+def main() -> None:
+    """Run both benchmarks and print one JSON line each."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--source", type=Path, default=shared_datasets() / "lfw_deepfunneled" / "lfw-deepfunneled")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--landmarks", default="grid")
+    parser.add_argument("--align", default="lfw-deepfunneled")
+    parser.add_argument("--preset", default="base")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--views", type=int, default=10)
+    parser.add_argument("--loader-batches", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.workers)
+    files = pick_files(args.source, args.images)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = link_folder(files, Path(tmp) / "faces")
+        cfg = load_config(
+            ShardsConfig,
+            preset=args.preset,
+            overrides=[
+                f"landmarks={args.landmarks}",
+                f"align={args.align}",
+                f"workers={args.workers}",
+                "shard_size=500",
+            ],
+        )
+        decode_rate(files[:50], args.workers)
+        decode = decode_rate(files, args.workers)
+        start = time.perf_counter()
+        result = precompute(folder, Path(tmp) / "shards", cfg)
+        rate = result.info["num_samples"] / (time.perf_counter() - start)
+        print(
+            json.dumps(
+                {
+                    "bench": "precompute_vs_decode",
+                    "images": len(files),
+                    "landmarks": args.landmarks,
+                    "align": args.align,
+                    "workers": args.workers,
+                    "precompute_images_per_s": round(rate, 1),
+                    "decode_images_per_s": round(decode, 1),
+                    "ratio": round(rate / decode, 4),
+                }
+            )
+        )
+        samples, without_aug = loader_rate(
+            Path(tmp) / "shards", args.batch_size, args.workers, args.views, args.loader_batches
+        )
+        print(
+            json.dumps(
+                {
+                    "bench": "shard_loader",
+                    "batch_size": args.batch_size,
+                    "workers": args.workers,
+                    "views": args.views,
+                    "photometric_views": args.views,
+                    "samples_per_s": round(samples, 1),
+                    "samples_per_s_without_photometric": round(without_aug, 1),
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

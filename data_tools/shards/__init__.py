@@ -1,0 +1,1 @@
+"""WebDataset shards with precomputed landmarks: landmark sources, atomic writer, manifest, precompute, verify."""

@@ -1,0 +1,95 @@
+"""The shard set's manifest: ``manifest.parquet`` (one row per sample) and ``_info.json`` (the summary).
+
+``_info.json`` is written last, so its presence means the shard set is complete. Both files are written through a
+temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_tools.shards.writer import atomic_write_bytes
+from lafs_core.errors import DataError
+
+MANIFEST = "manifest.parquet"
+INFO = "_info.json"
+FORMAT = "lafs-shards/1"
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("key", pa.string()),
+        ("label", pa.int64()),
+        ("source", pa.string()),
+        ("file", pa.string()),
+        ("identity", pa.string()),
+        ("lmk_mean_x", pa.float32()),
+        ("lmk_mean_y", pa.float32()),
+        ("lmk_min_x", pa.float32()),
+        ("lmk_max_x", pa.float32()),
+        ("lmk_min_y", pa.float32()),
+        ("lmk_max_y", pa.float32()),
+        ("lmk_std", pa.float32()),
+    ]
+)
+
+
+def landmark_stats(landmarks: np.ndarray) -> dict[str, float]:
+    """Per-sample summary of (R, 2) landmarks: mean, range per axis, spread around the mean."""
+    lmk = np.asarray(landmarks, dtype=np.float64)
+    centre = lmk.mean(axis=0)
+    return {
+        "lmk_mean_x": float(centre[0]),
+        "lmk_mean_y": float(centre[1]),
+        "lmk_min_x": float(lmk[:, 0].min()),
+        "lmk_max_x": float(lmk[:, 0].max()),
+        "lmk_min_y": float(lmk[:, 1].min()),
+        "lmk_max_y": float(lmk[:, 1].max()),
+        "lmk_std": float(np.sqrt(((lmk - centre) ** 2).sum(axis=1).mean())),
+    }
+
+
+def write_manifest(out_dir: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Write the per-sample rows as ``manifest.parquet`` (atomically)."""
+    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(Path(out_dir) / MANIFEST, buf.getvalue())
+
+
+def read_manifest(out_dir: str | Path) -> pa.Table:
+    """The per-sample manifest table; DataError if missing or unreadable."""
+    path = Path(out_dir) / MANIFEST
+    try:
+        return pq.read_table(path)
+    except FileNotFoundError:
+        raise DataError(path, "manifest not found (shards not written or not finished)") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(path, f"unreadable manifest ({exc})") from None
+
+
+def write_info(out_dir: str | Path, info: dict[str, Any]) -> None:
+    """Write the summary ``_info.json`` (atomically, sorted keys, so identical content gives identical bytes)."""
+    text = json.dumps(info, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(Path(out_dir) / INFO, text.encode())
+
+
+def read_info(out_dir: str | Path) -> dict[str, Any]:
+    """The summary of a complete shard set; DataError if missing or malformed."""
+    path = Path(out_dir) / INFO
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(path, "shard summary not found (shards not written or not finished)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"malformed JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise DataError(path, f"not a {FORMAT} shard summary")
+    return info

@@ -1,0 +1,348 @@
+"""Source -> align -> landmark model (batched) -> WebDataset shards, as independent, resumable shard jobs.
+
+The plan (which sample goes to which shard, under which key) depends only on the source listing, the config and
+the landmark model, never on timing: samples are sorted by key, then permuted with the config's seed (a global
+shuffle, so identity-sorted datasets are spread over all shards). Each shard job decodes and aligns in a thread
+pool while the landmark model runs on the previous batch, writes ``shard-NNNNNN.tar`` atomically, then a small
+``.parts/shard-NNNNNN.json`` record (checksum, rows, skipped inputs). A rerun reuses every shard whose record
+matches the plan and whose bytes still hash to the recorded sha256, and redoes the rest; ``finalize`` then writes
+``manifest.parquet`` and ``_info.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from data_tools.shards.alignment import describe as describe_alignment
+from data_tools.shards.alignment import make_aligner
+from data_tools.shards.landmark_sources import LandmarkSource, flip_permutation, open_landmark_source
+from data_tools.shards.manifest import FORMAT, landmark_stats, write_info, write_manifest
+from data_tools.shards.sources import Entry, FaceSource, open_source
+from data_tools.shards.writer import ShardSample, atomic_write_bytes, encode_jpeg, file_sha256, write_shard
+from lafs_core.config.data import ShardsConfig
+from lafs_core.config.loader import config_to_dict
+from lafs_core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+PARTS = ".parts"
+Progress = Callable[[int], None]
+
+
+def shard_name(index: int) -> str:
+    """File name of shard ``index``."""
+    return f"shard-{index:06d}.tar"
+
+
+def sample_key(position: int, source_key: str) -> str:
+    """``__key__`` of the sample at plan position ``position``: unique, dot-free, readable."""
+    return f"{position:07d}_{re.sub(r'[^A-Za-z0-9_-]', '_', source_key)}"
+
+
+@dataclass
+class Plan:
+    """The shard layout: entries in write order, cut into shards, and a fingerprint of everything that shapes them."""
+
+    entries: list[Entry]
+    shard_size: int
+    fingerprint: str
+
+    @property
+    def num_shards(self) -> int:
+        """Number of shards (at least one)."""
+        return max(1, -(-len(self.entries) // self.shard_size))
+
+    def shard(self, index: int) -> list[tuple[int, Entry]]:
+        """(plan position, entry) pairs of shard ``index``."""
+        start = index * self.shard_size
+        return list(enumerate(self.entries[start : start + self.shard_size], start=start))
+
+
+def make_plan(source: FaceSource, cfg: ShardsConfig, landmarks: LandmarkSource) -> Plan:
+    """Order the source's entries by key, permute them with ``cfg.seed``, fingerprint the result."""
+    entries = sorted(source.entries, key=lambda e: e.key)
+    order = np.random.default_rng(cfg.seed).permutation(len(entries))
+    entries = [entries[i] for i in order]
+    identity = {
+        "format": FORMAT,
+        "config": {k: v for k, v in config_to_dict(cfg).items() if k not in ("workers",)},
+        "landmarks": [landmarks.model_id, landmarks.sha256, landmarks.convention],
+        "entries": [[e.key, e.identity, e.label] for e in entries],
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return Plan(entries=entries, shard_size=cfg.shard_size, fingerprint=digest)
+
+
+@dataclass
+class ShardResult:
+    """What one shard job produced (also the content of its ``.parts`` record)."""
+
+    name: str
+    sha256: str
+    num_samples: int
+    rows: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+    landmark_sum: list[list[float]]
+    fingerprint: str
+    reused: bool = field(default=False, compare=False)
+
+    def record(self) -> dict[str, Any]:
+        """JSON form for the ``.parts`` record."""
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "num_samples": self.num_samples,
+            "rows": self.rows,
+            "skipped": self.skipped,
+            "landmark_sum": self.landmark_sum,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def load_part(out_dir: Path, name: str, fingerprint: str) -> ShardResult | None:
+    """The recorded result of a finished shard, if it belongs to this plan and its bytes still verify."""
+    part = out_dir / PARTS / f"{name}.json"
+    shard = out_dir / name
+    if not part.is_file() or not shard.is_file():
+        return None
+    try:
+        record = json.loads(part.read_text())
+    except json.JSONDecodeError:
+        return None
+    if record.get("fingerprint") != fingerprint or record.get("sha256") != file_sha256(shard):
+        return None
+    return ShardResult(**record, reused=True)
+
+
+class Preparer:
+    """Decode -> align -> JPEG round trip for one input, run in worker threads."""
+
+    def __init__(self, source: FaceSource, cfg: ShardsConfig) -> None:
+        self.source = source
+        self.align = make_aligner(cfg.align, cfg.model.image_size)
+        self.quality = cfg.jpeg_quality
+
+    def __call__(self, entry: Entry) -> tuple[bytes, np.ndarray] | str:
+        """(JPEG bytes, the decoded JPEG) of the aligned face, or the reason it was skipped."""
+        image = self.source.load(entry)
+        if isinstance(image, str):
+            return image
+        try:
+            aligned = self.align(image, entry)
+        except DataError as exc:
+            return f"alignment failed: {exc.problem}"
+        jpg = encode_jpeg(aligned, self.quality)
+        decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        return jpg, decoded
+
+
+def run_shard(
+    plan: Plan,
+    index: int,
+    preparer: Preparer,
+    landmarks: LandmarkSource,
+    out_dir: Path,
+    cfg: ShardsConfig,
+    pool: ThreadPoolExecutor,
+    progress: Progress | None = None,
+) -> ShardResult:
+    """Write shard ``index`` of ``plan`` (decode/align in ``pool`` overlapping batched landmark inference)."""
+    name = shard_name(index)
+    items = plan.shard(index)
+    futures: list[Future] = [pool.submit(preparer, entry) for _, entry in items]
+    samples: list[ShardSample] = []
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    total = np.zeros((landmarks.num_landmarks, 2), dtype=np.float64)
+    for start in range(0, len(items), cfg.batch_size):
+        batch = []
+        for (position, entry), future in zip(
+            items[start : start + cfg.batch_size], futures[start : start + cfg.batch_size], strict=True
+        ):
+            result = future.result()
+            if isinstance(result, str):
+                skipped.append({"key": entry.key, "file": entry.file, "reason": result})
+            else:
+                batch.append((position, entry, *result))
+        if batch:
+            points, ok = landmarks.predict(np.stack([b[3] for b in batch]))
+            for (position, entry, jpg, _), lmk, good in zip(batch, points, ok, strict=True):
+                if not good:
+                    skipped.append({"key": entry.key, "file": entry.file, "reason": "landmark model found no face"})
+                    continue
+                key = sample_key(position, entry.key)
+                meta = {
+                    "source_key": entry.key,
+                    "file": entry.file,
+                    "identity": entry.identity,
+                    "alignment": cfg.align,
+                }
+                samples.append(ShardSample(key=key, jpg=jpg, landmarks=lmk, label=entry.label, meta=meta))
+                rows.append(
+                    {
+                        "shard": name,
+                        "key": key,
+                        "label": entry.label,
+                        "source": entry.key,
+                        "file": entry.file,
+                        "identity": entry.identity,
+                        **landmark_stats(lmk),
+                    }
+                )
+                total += lmk
+        if progress:
+            progress(len(items[start : start + cfg.batch_size]))
+    sha, count = write_shard(out_dir / name, samples)
+    result = ShardResult(
+        name=name,
+        sha256=sha,
+        num_samples=count,
+        rows=rows,
+        skipped=skipped,
+        landmark_sum=total.tolist(),
+        fingerprint=plan.fingerprint,
+    )
+    atomic_write_bytes(out_dir / PARTS / f"{name}.json", json.dumps(result.record(), sort_keys=True).encode())
+    return result
+
+
+@dataclass
+class PrecomputeResult:
+    """Summary of a run: the shard set's info (None until every shard exists) and the work done."""
+
+    out_dir: Path
+    num_shards: int
+    written: list[str]
+    reused: list[str]
+    info: dict[str, Any] | None
+
+
+def run_shards(
+    source: FaceSource,
+    out_dir: Path,
+    cfg: ShardsConfig,
+    landmarks: LandmarkSource,
+    shard_ids: list[int] | None = None,
+    progress: Progress | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+) -> tuple[Plan, list[ShardResult]]:
+    """Run (or reuse) the selected shard jobs of the plan."""
+    plan = make_plan(source, cfg, landmarks)
+    if on_plan:
+        on_plan(plan)
+    (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
+    ids = range(plan.num_shards) if shard_ids is None else shard_ids
+    results: list[ShardResult] = []
+    preparer = Preparer(source, cfg)
+    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+        for index in ids:
+            if not 0 <= index < plan.num_shards:
+                raise DataError(out_dir, f"shard {index} outside the plan's {plan.num_shards} shards")
+            done = load_part(out_dir, shard_name(index), plan.fingerprint)
+            if done is None:
+                done = run_shard(plan, index, preparer, landmarks, out_dir, cfg, pool, progress)
+            elif progress:
+                progress(len(plan.shard(index)))
+            results.append(done)
+    return plan, results
+
+
+def finalize(
+    out_dir: Path, plan: Plan, results: list[ShardResult], source: FaceSource, cfg: ShardsConfig, lm: LandmarkSource
+) -> dict[str, Any]:
+    """Write ``manifest.parquet`` then ``_info.json`` from every shard's record; drop stale files."""
+    results = sorted(results, key=lambda r: r.name)
+    names = [r.name for r in results]
+    if names != [shard_name(i) for i in range(plan.num_shards)]:
+        raise DataError(out_dir, "cannot finalize: not every shard of the plan is written")
+    rows = [row for r in results for row in r.rows]
+    total = np.sum([np.asarray(r.landmark_sum) for r in results], axis=0)
+    num_samples = sum(r.num_samples for r in results)
+    mean = total / max(1, num_samples)
+    skipped = source.listing_skipped + [s for r in results for s in r.skipped]
+    info = {
+        "format": FORMAT,
+        "shards": [{"name": r.name, "num_samples": r.num_samples, "sha256": r.sha256} for r in results],
+        "num_shards": len(results),
+        "num_samples": num_samples,
+        "num_inputs": len(plan.entries),
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "image_size": cfg.model.image_size,
+        "channel_order": "RGB",
+        "alignment": describe_alignment(cfg.align),
+        "num_landmarks": lm.num_landmarks,
+        "convention": lm.convention,
+        "landmark_model": {"spec": lm.spec, "id": lm.model_id, "sha256": lm.sha256},
+        "landmark_mean": mean.round(4).tolist(),
+        "flip_permutation": flip_permutation(mean, cfg.model.image_size),
+        "num_labels": len({e.label for e in plan.entries if e.label >= 0}),
+        "source": source.description,
+        "plan_fingerprint": plan.fingerprint,
+        "config": config_to_dict(cfg),
+    }
+    write_manifest(out_dir, rows)
+    write_info(out_dir, info)
+    keep = set(names)
+    for stale in out_dir.glob("shard-*.tar*"):
+        if stale.name not in keep:
+            stale.unlink()
+    for part in (out_dir / PARTS).glob("*"):
+        if part.name.removesuffix(".json") not in keep:
+            part.unlink()
+    return info
+
+
+def precompute(
+    source_path: str | Path,
+    out_dir: str | Path,
+    cfg: ShardsConfig,
+    *,
+    fewshot: str | Path | None = None,
+    exclude_pairs: str | Path | None = None,
+    shard_ids: list[int] | None = None,
+    progress: Progress | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+) -> PrecomputeResult:
+    """Write (or resume) the shard set of ``source_path`` in ``out_dir``; finalize when every shard exists."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = open_source(source_path, fewshot=fewshot, exclude_pairs=exclude_pairs)
+    landmarks = open_landmark_source(
+        cfg.landmarks, cfg.model.num_landmarks, cfg.model.image_size, cfg.model.sampler_convention
+    )
+    plan, results = run_shards(source, out_dir, cfg, landmarks, shard_ids, progress, on_plan)
+    written = [r.name for r in results if not r.reused]
+    reused = [r.name for r in results if r.reused]
+    if shard_ids is not None:
+        results = [load_part(out_dir, shard_name(i), plan.fingerprint) for i in range(plan.num_shards)]
+        if any(r is None for r in results):
+            return PrecomputeResult(out_dir, plan.num_shards, written, reused, None)
+    info = finalize(out_dir, plan, results, source, cfg, landmarks)
+    return PrecomputeResult(out_dir, plan.num_shards, written, reused, info)
+
+
+def plan_shards(
+    source_path: str | Path,
+    cfg: ShardsConfig,
+    *,
+    fewshot: str | Path | None = None,
+    exclude_pairs: str | Path | None = None,
+) -> Plan:
+    """The plan alone (no decoding), so a scheduler can map ``precompute(..., shard_ids=[i])`` jobs over shards."""
+    source = open_source(source_path, fewshot=fewshot, exclude_pairs=exclude_pairs)
+    landmarks = open_landmark_source(
+        cfg.landmarks, cfg.model.num_landmarks, cfg.model.image_size, cfg.model.sampler_convention
+    )
+    return make_plan(source, cfg, landmarks)

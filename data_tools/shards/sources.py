@@ -1,0 +1,153 @@
+"""The inputs of a shard set: a listed, filtered face source whose images are decoded on demand.
+
+Planning needs every sample's key and identity before any image is decoded (for the global shuffle and the
+shard layout), and shard jobs need random access. Image folders and RecordIO files give both; any other reader
+is read once and held in memory. Filters: a few-shot list (``lafs data fewshot``) keeps only the listed images; a
+pair file (e.g. LFW ``pairsDevTest.txt``) removes every person it names (the lfw-v1 unlabelled pool).
+Labels are re-numbered 0..K-1 over the identities that remain (sorted by name), -1 when unknown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_tools.readers import FaceReader, open_reader
+from data_tools.readers.base import decode_rgb
+from lafs_core.errors import DataError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One planned input: source key, file, identity name and label."""
+
+    key: str
+    file: str
+    identity: str | None
+    label: int
+
+
+@dataclass
+class FaceSource:
+    """Planned entries plus a loader that decodes one entry (RGB uint8) or says why it cannot."""
+
+    entries: list[Entry]
+    loader: Callable[[Entry], np.ndarray | str]
+    description: dict[str, Any]
+    listing_skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def load(self, entry: Entry) -> np.ndarray | str:
+        """The decoded image of ``entry``, or the reason it was skipped."""
+        return self.loader(entry)
+
+
+def _load_file(entry: Entry) -> np.ndarray | str:
+    try:
+        data = Path(entry.file).read_bytes()
+    except OSError as exc:
+        return f"cannot read: {exc.strerror}"
+    image = decode_rgb(data)
+    return "image does not decode (corrupt or unsupported)" if image is None else image
+
+
+def _folder_entries(reader: Any) -> tuple[list[Entry], Callable[[Entry], np.ndarray | str]]:
+    root = Path(reader.root)
+    entries = [Entry(item.key, str(root / item.key), item.identity, item.label) for item in reader.items]
+    return entries, _load_file
+
+
+def _recordio_entries(reader: Any) -> tuple[list[Entry], Callable[[Entry], np.ndarray | str]]:
+    labels = reader.labels()
+    entries = [
+        Entry(str(key), f"{reader.rec_path}#{key}", str(int(label)) if label >= 0 else None, int(label))
+        for key, label in zip(reader.image_keys, labels, strict=True)
+    ]
+
+    def load(entry: Entry) -> np.ndarray | str:
+        try:
+            return reader[int(entry.key)].image
+        except DataError as exc:
+            return exc.problem
+
+    return entries, load
+
+
+def _stream_entries(reader: FaceReader) -> tuple[list[Entry], Callable[[Entry], np.ndarray | str]]:
+    images: dict[str, np.ndarray] = {}
+    entries = []
+    for record in reader:
+        images[record.key] = record.image
+        entries.append(Entry(record.key, record.source, record.identity, record.label))
+    return entries, lambda entry: images[entry.key]
+
+
+def pair_file_people(path: str | Path) -> set[str]:
+    """Every person named in an LFW-style pair file."""
+    from data_tools.readers.pairs import read_pairs
+
+    return set(read_pairs(path).people())
+
+
+def fewshot_list(path: str | Path) -> tuple[Path, set[str]]:
+    """(image root, relative image paths) of a few-shot list written by ``lafs data fewshot``."""
+    from data_tools.fewshot import load_fewshot
+
+    subset = load_fewshot(path)
+    return Path(subset.root), {e.path for e in subset.entries}
+
+
+def is_fewshot_list(path: str | Path) -> bool:
+    """True when ``path`` is a few-shot list file (JSON with the few-shot format tag)."""
+    from data_tools.fewshot import FORMAT
+
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".json":
+        return False
+    try:
+        return json.loads(path.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def relabel(entries: list[Entry]) -> list[Entry]:
+    """Labels 0..K-1 over the identities present, in name order; -1 for entries without identity."""
+    names = sorted({e.identity for e in entries if e.identity is not None})
+    label_of = {name: i for i, name in enumerate(names)}
+    return [replace(e, label=label_of[e.identity] if e.identity is not None else -1) for e in entries]
+
+
+def open_source(
+    path: str | Path, fewshot: str | Path | None = None, exclude_pairs: str | Path | None = None
+) -> FaceSource:
+    """List ``path`` with the matching reader, apply the filters and return the planned source.
+
+    ``path`` may itself be a few-shot list; its image root is then read and filtered by the list.
+    """
+    if is_fewshot_list(path):
+        fewshot, path = path, fewshot_list(path)[0]
+    reader = open_reader(path)
+    if hasattr(reader, "items") and hasattr(reader, "root"):
+        entries, loader = _folder_entries(reader)
+    elif hasattr(reader, "image_keys") and hasattr(reader, "labels"):
+        entries, loader = _recordio_entries(reader)
+    else:
+        entries, loader = _stream_entries(reader)
+    skipped = [u.as_dict() for u in (*getattr(reader, "bad", []), *reader.unreadable)]
+    description: dict[str, Any] = {"path": str(Path(path).resolve()), "format": reader.format, "listed": len(entries)}
+    if fewshot is not None:
+        keep = fewshot_list(fewshot)[1]
+        entries = [e for e in entries if e.key in keep]
+        description["fewshot"] = str(Path(fewshot).resolve())
+    if exclude_pairs is not None:
+        people = pair_file_people(exclude_pairs)
+        entries = [e for e in entries if e.identity not in people]
+        description["exclude_pairs"] = str(Path(exclude_pairs).resolve())
+        description["excluded_people"] = len(people)
+    if not entries:
+        raise DataError(path, "no images left after filtering")
+    return FaceSource(relabel(entries), loader, description, [{"key": "", **s} for s in skipped])

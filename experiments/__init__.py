@@ -1,0 +1,1 @@
+"""Reproducible experiments built on the lafs stages (run from the repository root)."""

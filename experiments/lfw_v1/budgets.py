@@ -1,0 +1,97 @@
+"""Compute budgets of the lfw-v1 experiment: one table of steps per scale, turned into stage overrides.
+
+Every row gets the same backbone preset, the same SSL step count (for the three pretrained rows) and the same
+fine-tuning budget; only the initialisation of the ViT differs. ``scale`` multiplies the SSL steps and the
+supervised epochs so one budget can be stretched or shrunk without editing the table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+# The official fine-tuning schedule drops the landmark-regulariser weight at epochs 8/14/21/28 of 34.
+LANDMARK_REG_FRACTIONS = (8 / 34, 14 / 34, 21 / 34, 28 / 34)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of each stage one experiment runs."""
+
+    name: str
+    preset: str
+    pretrain_steps: int
+    pretrain_epochs: int
+    pretrain_batch: int
+    local_views: int
+    partfvit_epochs: int
+    finetune_epochs: int
+    finetune_batch: int
+    micro_batch: int
+    lr: float
+    eval_batch: int
+    num_workers: int
+    supervised_max_steps: int | None = None
+    ssl_on_kshot: bool = False  # smoke only: pretrain on the k-shot shards instead of building the 10k-image pool
+
+    def scaled(self, scale: float) -> Budget:
+        """The same budget with SSL steps and supervised epochs multiplied by ``scale`` (at least 1 each)."""
+        if scale == 1:
+            return self
+        return replace(
+            self,
+            pretrain_steps=max(1, round(self.pretrain_steps * scale)),
+            partfvit_epochs=max(1, round(self.partfvit_epochs * scale)),
+            finetune_epochs=max(1, round(self.finetune_epochs * scale)),
+        )
+
+    def pretrain_overrides(self) -> list[str]:
+        """``lafs pretrain`` overrides shared by the three SSL rows: fixed epoch length, schedules within the run."""
+        epochs = min(self.pretrain_epochs, self.pretrain_steps)
+        per_epoch = math.ceil(self.pretrain_steps / epochs)
+        return [
+            f"epochs={epochs}",
+            f"iters_per_epoch={per_epoch}",
+            f"max_steps={self.pretrain_steps}",
+            f"global_batch_size={self.pretrain_batch}",
+            f"local_views={self.local_views}",
+            f"warmup_epochs={max(epochs // 10, 1) if epochs > 1 else 0}",
+            f"warmup_teacher_temp_epochs={max(epochs * 3 // 4, 0)}",
+            f"num_workers={self.num_workers}",
+            "probe_every=0",
+            f"checkpoint_every={max(self.pretrain_steps // 2, 1)}",
+        ]
+
+    def supervised_overrides(self, epochs: int) -> list[str]:
+        """Overrides shared by ``lafs partfvit`` and ``lafs finetune``: no validation on the test pairs."""
+        return [
+            f"epochs={epochs}",
+            f"global_batch_size={self.finetune_batch}",
+            f"micro_batch_size={self.micro_batch}",
+            f"lr={self.lr}",
+            f"warmup_epochs={1 if epochs > 2 else 0}",
+            f"num_workers={self.num_workers}",
+            "val_pairs=[]",
+            "val_every=0",
+            "log_model=false",
+            "checkpoint_every=100000",
+            *([f"max_steps={self.supervised_max_steps}"] if self.supervised_max_steps else []),
+        ]
+
+    def finetune_overrides(self) -> list[str]:
+        """Fine-tuning overrides: the regulariser's staged weights rescaled to this epoch count."""
+        epochs = self.finetune_epochs
+        boundaries = [max(1, round(epochs * f)) for f in LANDMARK_REG_FRACTIONS]
+        return [*self.supervised_overrides(epochs), f"landmark_reg_boundaries=[{', '.join(map(str, boundaries))}]"]
+
+
+BUDGETS: dict[str, Budget] = {
+    # End-to-end check of the wiring in a few minutes; the numbers mean nothing.
+    "smoke": Budget(
+        "smoke", "tiny", 4, 2, 16, 2, 1, 1, 32, 32, 1e-3, 128, 1, supervised_max_steps=3, ssl_on_kshot=True
+    ),
+    # 2 CPU cores, about 35 minutes for one seed on a quiet machine.
+    "cpu": Budget("cpu", "tiny", 200, 4, 32, 4, 4, 4, 32, 32, 1e-3, 256, 1),
+    # One GPU: the small preset, about 30 SSL epochs of the 10,492-image pool and 34 fine-tuning epochs.
+    "gpu": Budget("gpu", "small", 2500, 30, 128, 8, 34, 34, 128, 128, 2e-3, 512, 6),
+}

@@ -1,0 +1,326 @@
+"""The lfw-v1 comparison (protocols.md 1 and 2) in one command, resumable stage by stage.
+
+    python -m experiments.lfw_v1.run --budget cpu --seeds 0 [--out DIR] [--scale 1.0]
+
+Stages, each a ``lafs`` command run as a subprocess (its log in ``DIR/logs``; a finished stage is skipped on rerun):
+
+1. ``lafs data fewshot``: k=4 images of every pool person (pool = LFW minus the people of pairsDevTest.txt).
+2. ``lafs data shards`` of the k-shot set (grid landmarks; the supervised stages predict their own).
+3. ``lafs partfvit`` on the k-shot set only: the landmark CNN of the LAFS rows (strict few-shot, no label leakage,
+   method.md 9); also the landmark-CNN initialisation of every row's fine-tuning, so rows differ only in the ViT.
+4. ``lafs data shards`` of the unlabelled pool (10,492 images) with that landmark CNN's precomputed landmarks.
+5. Per seed: ``lafs pretrain`` for dino-grid, lafs (precomputed landmarks) and lafs-online (the landmark CNN on
+   every view), then ``lafs finetune`` of all four rows (scratch: random ViT) with the same budget.
+6. Each fine-tuned ``last.pt`` is verified on the View-1 test pairs, AT&T and Extended Yale B (balanced generated
+   pairs, seed 0) and the table is rewritten after every evaluation: ``DIR/results.json`` and ``DIR/results.md``.
+
+No stage looks at the test pairs during training (no validation sets, the last checkpoint is evaluated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from experiments.lfw_v1.budgets import BUDGETS, Budget
+from experiments.lfw_v1.table import ROWS, SETS, Record, comparisons, markdown, summarise
+from lafs_core.env import configure_offline_env, shared_datasets
+from lafs_core.errors import LafsError
+
+log = logging.getLogger("lfw_v1")
+
+K_SHOT = 4
+DATA_SEED = 0
+RUN_ORDER = ("scratch", "lafs", "dino-grid", "lafs-online")  # cheapest and headline rows first
+PRETRAINED = {"dino-grid": ["method=dino-grid"], "lafs": ["method=lafs"], "lafs-online": ["method=lafs"]}
+
+
+def lafs_executable() -> list[str]:
+    """The ``lafs`` console script of this interpreter's environment."""
+    beside = Path(sys.executable).with_name("lafs")
+    found = str(beside) if beside.exists() else shutil.which("lafs")
+    if not found:
+        raise LafsError("the `lafs` console script is not installed (pip install -e .)")
+    return [found]
+
+
+def git_commit() -> str:
+    """Commit of the checkout (with ``+dirty`` when tracked files changed)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores and software versions for the results."""
+    import torch
+
+    model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        model = names[0] if names else model
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class Stages:
+    """Runs ``lafs`` commands once each, logging to files and recording command, time and outputs."""
+
+    def __init__(self, out: Path, env: dict[str, str]) -> None:
+        self.out = out
+        self.env = env
+        self.done_dir = out / "stages"
+        self.log_dir = out / "logs"
+        self.done_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.lafs = lafs_executable()
+        self._pretrain: list[str] | None = None
+
+    def pretrain_command(self) -> list[str]:
+        """``lafs pretrain`` when the CLI has it, else the trainer module (same options)."""
+        if self._pretrain is None:
+            probe = subprocess.run([*self.lafs, "pretrain", "--help"], capture_output=True, env=self.env, check=False)
+            has_cli = probe.returncode == 0 and b"pretrain" in probe.stdout.lower()
+            self._pretrain = [*self.lafs, "pretrain"] if has_cli else [sys.executable, "-m", "lafs_core.train.pretrain"]
+        return self._pretrain
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        """The record of a finished stage, if any."""
+        path = self.done_dir / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def run(self, name: str, command: Sequence[str], outputs: Sequence[Path]) -> dict[str, Any]:
+        """Run ``command`` unless a previous run finished it and its ``outputs`` exist; returns the stage record."""
+        done = self.record(name)
+        if done is not None and all(Path(p).exists() for p in outputs):
+            log.info("%s: done earlier (%.0f s)", name, done["seconds"])
+            return done
+        log_path = self.log_dir / f"{name}.log"
+        log.info("%s: %s", name, " ".join(command))
+        start = time.time()
+        with log_path.open("w") as handle:
+            handle.write("$ " + " ".join(command) + "\n")
+            handle.flush()
+            proc = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=self.env, check=False)
+        seconds = time.time() - start
+        missing = [str(p) for p in outputs if not Path(p).exists()]
+        if proc.returncode != 0 or missing:
+            tail = "\n".join(log_path.read_text().splitlines()[-15:])
+            raise LafsError(
+                f"stage {name} failed (exit {proc.returncode}, missing {missing or 'nothing'}); log {log_path}:\n{tail}"
+            )
+        record = {"name": name, "command": list(command), "seconds": seconds, "finished": time.time()}
+        tmp = self.done_dir / f".{name}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(self.done_dir / f"{name}.json")
+        log.info("%s: finished in %.0f s", name, seconds)
+        return record
+
+
+class Experiment:
+    """The lfw-v1 stages for one budget and seed list, writing into ``out``."""
+
+    def __init__(self, out: Path, budget: Budget, seeds: Sequence[int], rows: Sequence[str]) -> None:
+        self.out = out
+        self.budget = budget
+        self.seeds = list(seeds)
+        self.rows = list(rows)
+        env = dict(os.environ)
+        env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{out.resolve() / 'mlflow.db'}")
+        env.setdefault("MLFLOW_EXPERIMENT_NAME", f"lfw-v1-{budget.name}")
+        env["PYTHONUNBUFFERED"] = "1"
+        self.stages = Stages(out, env)
+        lfw = shared_datasets() / "lfw_deepfunneled"
+        self.lfw_root = lfw / "lfw-deepfunneled"
+        self.test_pairs = lfw / "pairsDevTest.txt"
+        self.data = out / "data"
+        self.fewshot = self.data / f"fewshot_k{K_SHOT}.json"
+        self.kshot = self.data / f"k{K_SHOT}"
+        self.pool = self.data / "pool"
+        self.partfvit = out / "partfvit"
+        self.pair_sets: dict[str, Any] = {}
+        self.records: list[Record] = []
+
+    # --- data and the landmark model ---------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Few-shot list, k-shot shards, the k-shot Part fViT and the pool shards with its landmarks."""
+        lafs, preset = self.stages.lafs, self.budget.preset
+        self.stages.run(
+            "fewshot",
+            [*lafs, "data", "fewshot", str(self.lfw_root), "--k", str(K_SHOT), "--seed", str(DATA_SEED),
+             "--exclude-pairs", str(self.test_pairs), "--out", str(self.fewshot), "--json"],
+            [self.fewshot],
+        )  # fmt: skip
+        self.stages.run(
+            "shards-kshot",
+            [*lafs, "data", "shards", str(self.lfw_root), str(self.kshot), "--landmarks", "grid",
+             "--align", "lfw-deepfunneled", "--fewshot", str(self.fewshot), "--preset", preset, "--json"],
+            [self.kshot / "_info.json"],
+        )  # fmt: skip
+        self.stages.run(
+            "partfvit",
+            [*lafs, "partfvit", "--preset", preset, "--data", str(self.kshot), "--out", str(self.partfvit),
+             f"seed={DATA_SEED}", *self.budget.supervised_overrides(self.budget.partfvit_epochs), "--json"],
+            [self.partfvit / "last.pt", self.partfvit / "landmark_cnn.pt"],
+        )  # fmt: skip
+        if self.budget.ssl_on_kshot:
+            self.pool = self.kshot
+            return
+        self.stages.run(
+            "shards-pool",
+            [*lafs, "data", "shards", str(self.lfw_root), str(self.pool),
+             "--landmarks", f"cnn:{self.partfvit / 'landmark_cnn.pt'}", "--align", "lfw-deepfunneled",
+             "--exclude-pairs", str(self.test_pairs), "--preset", preset, "--json"],
+            [self.pool / "_info.json"],
+        )  # fmt: skip
+
+    # --- one row -----------------------------------------------------------------------------------------------
+
+    def pretrain(self, row: str, seed: int) -> Path:
+        """SSL pretraining of ``row`` on the pool; returns the exported teacher."""
+        run_dir = self.out / "pretrain" / row / f"seed{seed}"
+        extra = list(PRETRAINED[row])
+        if row == "lafs-online":
+            extra += ["landmarks=online", f"landmark_checkpoint={self.partfvit / 'last.pt'}"]
+        self.stages.run(
+            f"pretrain-{row}-seed{seed}",
+            [*self.stages.pretrain_command(), "--preset", self.budget.preset, f"data_dir={self.pool}",
+             f"output_dir={run_dir}", f"seed={seed}", *extra, *self.budget.pretrain_overrides()],
+            [run_dir / "teacher.pt"],
+        )  # fmt: skip
+        return run_dir / "teacher.pt"
+
+    def finetune(self, row: str, seed: int, teacher: Path | None) -> Path:
+        """Few-shot CosFace fine-tuning of ``row`` on the k-shot shards; returns ``last.pt``."""
+        run_dir = self.out / "finetune" / row / f"seed{seed}"
+        init = ["--init", str(teacher)] if teacher is not None else []
+        self.stages.run(
+            f"finetune-{row}-seed{seed}",
+            [*self.stages.lafs, "finetune", "--preset", self.budget.preset, "--data", str(self.kshot),
+             "--out", str(run_dir), "--landmarks", str(self.partfvit / "last.pt"), *init, f"seed={seed}",
+             *self.budget.finetune_overrides(), "--json"],
+            [run_dir / "last.pt"],
+        )  # fmt: skip
+        return run_dir / "last.pt"
+
+    def evaluate(self, row: str, seed: int, checkpoint: Path) -> None:
+        """Verify ``checkpoint`` on every pair set (reports cached as JSON) and rewrite the results."""
+        for name in SETS:
+            path = self.out / "eval" / row / f"seed{seed}" / f"{name}.json"
+            if not path.exists():
+                self._verify(checkpoint, name, path)
+            report = json.loads(path.read_text())
+            self.records.append(Record.from_report(row, seed, report))
+        self.write_results()
+
+    def _verify(self, checkpoint: Path, name: str, path: Path) -> None:
+        from lafs_core.eval.pairsets import load_pair_set
+        from lafs_core.eval.probe import verify_pair_set
+        from lafs_core.eval.report import write_report
+        from lafs_core.models.checkpoint import load_face_model
+
+        if name not in self.pair_sets:
+            self.pair_sets[name] = load_pair_set(name, seed=DATA_SEED).cached()
+        pair_set = self.pair_sets[name]
+        start = time.time()
+        model = load_face_model(checkpoint).eval()
+        verified = verify_pair_set(model, pair_set, self.budget.eval_batch)
+        report = verified.report(name, model=str(checkpoint), source=pair_set.source, fold_rule=pair_set.fold_rule)
+        report["seconds"] = time.time() - start
+        write_report(report, path, verified.result.fpr, verified.result.tpr)
+        log.info("%s %s: accuracy %.4f", checkpoint, name, verified.result.accuracy_mean)
+
+    # --- the whole experiment ----------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Every stage in order (cheapest rows first, so a partial run still compares something)."""
+        self.prepare()
+        for seed in self.seeds:
+            for row in self.rows:
+                teacher = self.pretrain(row, seed) if row in PRETRAINED else None
+                self.evaluate(row, seed, self.finetune(row, seed, teacher))
+        return self.write_results()
+
+    def write_results(self) -> dict[str, Any]:
+        """``results.json`` (everything) and ``results.md`` (the table), written atomically."""
+        table = summarise(self.records)
+        diffs = comparisons(self.records)
+        stages = {p.stem: json.loads(p.read_text()) for p in sorted(self.stages.done_dir.glob("*.json"))}
+        results = {
+            "protocol": "lfw-v1 (protocols.md 1-2)",
+            "budget": asdict(self.budget),
+            "seeds": self.seeds,
+            "rows": self.rows,
+            "commit": git_commit(),
+            "machine": machine(),
+            "table": table,
+            "comparisons": diffs,
+            "records": [asdict(r) for r in self.records],
+            "stage_seconds": {name: stage["seconds"] for name, stage in stages.items()},
+            "commands": {name: " ".join(stage["command"]) for name, stage in stages.items()},
+        }
+        text = f"# lfw-v1 results ({self.budget.name} budget, preset {self.budget.preset})\n\n" + markdown(table, diffs)
+        for name, content in (("results.json", json.dumps(results, indent=2) + "\n"), ("results.md", text)):
+            tmp = self.out / f".{name}.tmp"
+            tmp.write_text(content)
+            tmp.replace(self.out / name)
+        return results
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command line."""
+    parser = argparse.ArgumentParser(prog="python -m experiments.lfw_v1.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="compute budget (budgets.py)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply SSL steps and supervised epochs")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    parser.add_argument("--rows", default=",".join(RUN_ORDER), help="comma-separated rows, run in this order")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/lfw_v1/<budget>)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the experiment; user errors print one line and exit 2."""
+    args = parse_args(argv)
+    configure_offline_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        print(f"error: unknown rows {unknown}; choose from {', '.join(ROWS)}", file=sys.stderr)
+        return 2
+    budget = BUDGETS[args.budget].scaled(args.scale)
+    out = (args.out or Path("runs") / "lfw_v1" / budget.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        results = Experiment(out, budget, [int(s) for s in args.seeds.split(",")], rows).run()
+    except LafsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((out / "results.md").read_text())
+    print(f"results: {out / 'results.json'} (commit {results['commit']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Loaders over precomputed landmark shards: resampled training pipelines and an exact-once evaluation loader.
+
+Training: every rank and DataLoader worker draws shards with replacement from its own seeded stream
+(``ResampledShards``; seed = (seed, rank, worker, epoch)), shuffles samples in a buffer, and the loader stops after
+exactly ``batches_per_epoch(info, batch_size, world_size)`` batches on every rank (``with_epoch``), so collectives
+never wait on a rank that ran out of data. Evaluation: shards are split by rank then by worker, every sample is
+seen exactly once, the last batch may be short.
+
+A batch is a dict: ``images`` (B, 3, H, W) uint8 RGB, ``landmarks`` (B, R, 2) float32 pixel-centre coordinates of
+the stored image, ``labels`` (B,) int64 (-1 unlabelled), ``keys`` list[str]; with a ``ViewSpec``, also ``affine``
+(B, V, 2, 3) view->source, ``view_landmarks`` (B, V, R, 2), ``flipped`` (B, V); with ``online=True`` also
+``crops`` (B, V, 3, S, S) float 0..255, the clean warped views (for running a landmark model on every view).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import get_worker_info
+
+from lafs_core.data.views import ViewSpec, render_views, sample_views
+from lafs_core.errors import DataError
+
+INFO = "_info.json"
+
+
+def read_info(shard_dir: str | Path) -> dict[str, Any]:
+    """The shard set's ``_info.json``; DataError if the set is missing or unfinished."""
+    path = Path(shard_dir) / INFO
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(path, "shard summary not found (run `lafs data shards` first)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"malformed JSON ({exc})") from None
+
+
+def shard_urls(shard_dir: str | Path, info: dict[str, Any]) -> list[str]:
+    """Paths of the shard files listed in ``info``."""
+    return [str(Path(shard_dir) / shard["name"]) for shard in info["shards"]]
+
+
+def batches_per_epoch(info: dict[str, Any], batch_size: int, world_size: int = 1) -> int:
+    """Full batches per rank in one pass over the data: num_samples // (batch_size * world_size), at least 1."""
+    return max(1, int(info["num_samples"]) // (batch_size * world_size))
+
+
+def dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world size) from the arguments, else torch.distributed, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """Raw tar members -> image (3, H, W) uint8 RGB, landmarks (R, 2) float32, label, key."""
+    bgr = cv2.imdecode(np.frombuffer(sample["jpg"], np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DataError(sample.get("__url__", "?"), f"sample {sample['__key__']}: JPEG does not decode")
+    image = torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).contiguous()
+    landmarks = torch.from_numpy(np.load(io.BytesIO(sample["lmk.npy"]), allow_pickle=False).astype(np.float32))
+    return {"image": image, "landmarks": landmarks, "label": int(sample["cls"]), "key": sample["__key__"]}
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack decoded samples into a batch dict."""
+    return {
+        "images": torch.stack([s["image"] for s in samples]),
+        "landmarks": torch.stack([s["landmarks"] for s in samples]),
+        "labels": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+        "keys": [s["key"] for s in samples],
+    }
+
+
+class AddViews:
+    """Batch stage that draws geometric views (as affines) per sample; seeded per (seed, rank, worker)."""
+
+    def __init__(self, spec: ViewSpec, flip_perm: list[int], image_size: int, seed: int, rank: int, online: bool):
+        self.spec = spec
+        self.flip_perm = torch.tensor(flip_perm, dtype=torch.int64)
+        self.image_size = image_size
+        self.seed = (seed, rank)
+        self.online = online
+        self.generator: torch.Generator | None = None
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Add ``affine``, ``view_landmarks``, ``flipped`` (and ``crops`` when online) to a batch."""
+        if self.generator is None:
+            worker = get_worker_info()
+            wid = worker.id if worker is not None else 0
+            self.generator = torch.Generator().manual_seed(hash((*self.seed, wid)) & 0x7FFF_FFFF)
+        views = sample_views(batch["landmarks"], self.spec, self.flip_perm, self.image_size, self.generator)
+        batch.update(affine=views.affine, view_landmarks=views.landmarks, flipped=views.flipped)
+        if self.online:
+            batch["crops"] = render_views(batch["images"], views, self.spec.size)
+        return batch
+
+
+def _worker_seed(rank: int) -> int:
+    worker = get_worker_info()
+    return rank * 1000 + (worker.id if worker is not None else 0)
+
+
+def train_loader(
+    shard_dir: str | Path,
+    batch_size: int,
+    *,
+    num_workers: int = 2,
+    seed: int = 0,
+    shuffle_buffer: int = 1000,
+    views: ViewSpec | None = None,
+    online: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    epoch_batches: int | None = None,
+) -> wds.WebLoader:
+    """Endless resampled pipeline cut into epochs of the same number of full batches on every rank."""
+    info = read_info(shard_dir)
+    rank, world_size = dist_info(rank, world_size)
+    stages: list[Any] = [
+        wds.ResampledShards(
+            shard_urls(shard_dir, info), seed=seed, worker_seed=partial(_worker_seed, rank), deterministic=True
+        ),
+        wds.tarfile_to_samples(),
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)),
+        wds.map(decode_sample),
+        wds.batched(batch_size, collation_fn=collate, partial=False),
+    ]
+    if views is not None:
+        stages.append(wds.map(AddViews(views, info["flip_permutation"], info["image_size"], seed, rank, online)))
+    loader = wds.WebLoader(
+        wds.DataPipeline(*stages), batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0
+    )
+    return loader.with_epoch(epoch_batches or batches_per_epoch(info, batch_size, world_size))
+
+
+def _node_shards(urls: list[str], rank: int, world_size: int) -> list[str]:
+    return urls[rank::world_size]
+
+
+def eval_loader(
+    shard_dir: str | Path,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> wds.WebLoader:
+    """Every sample exactly once over all ranks: shards split by rank, then by worker; last batch may be short."""
+    info = read_info(shard_dir)
+    rank, world_size = dist_info(rank, world_size)
+    urls = _node_shards(shard_urls(shard_dir, info), rank, world_size)
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(),
+        wds.map(decode_sample),
+        wds.batched(batch_size, collation_fn=collate, partial=True),
+    )
+    workers = min(num_workers, len(urls))
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=workers)

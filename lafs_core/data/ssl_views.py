@@ -1,0 +1,176 @@
+"""A batch of faces -> the token views of one SSL step (method.md 7.1, 7.2, 7.4, 7.7), batched on tensors.
+
+LAFS (``method="lafs"``): ``G`` global views keep all R landmarks in canonical order; ``L`` local views keep a sparse
+subset of ``n`` landmarks drawn with or without replacement in random order (the "shuffle": the model's position
+slots follow the sequence position, not the landmark id). Every landmark coordinate of every view gets Gaussian
+noise of ``sigma`` pixels (the "perturbation"). Geometric crops/flips never touch pixels: each view is an affine
+(``lafs_core.data.views``) and its patches are sampled straight from the photometrically augmented source image.
+Photometric ops (G1: blur 1.0; G2: blur 0.1 + solarize 0.2; locals: blur 0.5) run per view on the source image
+before sampling, so the blur sigma is in source pixels.
+
+Landmarks are either the shards' precomputed ones mapped into each view (``"precomputed"``) or the frozen
+landmark CNN's prediction on every clean warped view (``"online"``, paper-exact: fp32, eval mode, no gradient).
+
+``method="dino-grid"``: the regular-grid fViT with standard DINO multi-crop (method.md 7.7): globals at
+``image_size`` px, locals at ``dino_local_size`` px (48 px -> 36 grid tokens at patch 8), no landmark augmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lafs_core.config.pretrain import PretrainConfig
+from lafs_core.data.augment import GLOBAL_1, GLOBAL_2, LOCAL
+from lafs_core.data.normalize import normalize
+from lafs_core.data.views import Views, ViewSpec, crop_affine, random_boxes, render_views, sample_views
+from lafs_core.models.sampler import grid_landmarks, sample_patches
+
+
+@dataclass(frozen=True)
+class SSLViews:
+    """Token views of one step: ``tokens[v]`` (B, n_v, P*P*3), the first ``num_global`` are the teacher's.
+
+    ``landmarks[v]`` (B, n_v, 2) are the view-pixel points the tokens were sampled at (after perturbation),
+    ``affines[v]`` (B, 2, 3) the view->source maps, ``sizes[v]`` the view side in pixels (for plots).
+    """
+
+    tokens: list[torch.Tensor]
+    landmarks: list[torch.Tensor]
+    affines: list[torch.Tensor]
+    sizes: list[int]
+    num_global: int
+
+
+def subset_indices(
+    batch: int, num_landmarks: int, size: int, replacement: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, size) landmark ids in random order, drawn uniformly with or without replacement."""
+    if replacement:
+        return torch.randint(num_landmarks, (batch, size), generator=generator)
+    if size > num_landmarks:
+        raise ValueError(f"cannot draw {size} of {num_landmarks} landmarks without replacement")
+    return torch.argsort(torch.rand(batch, num_landmarks, generator=generator), dim=1)[:, :size]
+
+
+def perturb(landmarks: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Add independent Gaussian noise of std ``sigma`` pixels to every coordinate (not clamped: zero padding)."""
+    if sigma <= 0:
+        return landmarks
+    noise = torch.randn(landmarks.shape, generator=generator).to(landmarks.device, landmarks.dtype)
+    return landmarks + sigma * noise
+
+
+class SSLViewMaker:
+    """Turns ``(images uint8 (B,3,H,W), landmarks (B,R,2))`` into :class:`SSLViews` for the configured method.
+
+    Random draws come from a CPU generator seeded per rank so every rank sees different views.
+    """
+
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        flip_perm: torch.Tensor | None = None,
+        landmark_model: nn.Module | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.model_cfg = cfg.model
+        self.convention = "centered" if cfg.method == "dino-grid" else cfg.model.sampler_convention
+        self.generator = torch.Generator().manual_seed(seed)
+        self.augs = [GLOBAL_1, GLOBAL_2][: cfg.global_views]
+        if cfg.method == "lafs":
+            if flip_perm is None:
+                raise ValueError("LAFS views need the shards' landmark flip permutation")
+            if cfg.landmarks == "online" and landmark_model is None:
+                raise ValueError("landmarks='online' needs a landmark model")
+        self.flip_perm = flip_perm
+        self.landmark_model = landmark_model
+
+    def __call__(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> SSLViews:
+        """Build all views of a batch on ``images.device``."""
+        if self.cfg.method == "dino-grid":
+            return self._grid_views(images)
+        if landmarks is None:
+            raise ValueError("LAFS views need landmarks")
+        return self._lafs_views(images, landmarks)
+
+    def _augmented_sources(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per view, the normalised, photometrically augmented source images (B, 3, H, W); locals in one call."""
+        cfg = self.cfg
+        out = [normalize(aug(images, self.generator)) for aug in self.augs[: cfg.global_views]]
+        if cfg.local_views:
+            local = LOCAL(images.repeat(cfg.local_views, 1, 1, 1), self.generator)
+            out.extend(normalize(chunk) for chunk in local.chunk(cfg.local_views))
+        return out
+
+    def _lafs_views(self, images: torch.Tensor, landmarks: torch.Tensor) -> SSLViews:
+        cfg, mcfg = self.cfg, self.model_cfg
+        batch, size = images.shape[0], mcfg.image_size
+        specs = [
+            ViewSpec(cfg.global_views, size, tuple(cfg.global_crops_scale)),
+            ViewSpec(cfg.local_views, size, tuple(cfg.local_crops_scale)),
+        ]
+        affines: list[torch.Tensor] = []
+        points: list[torch.Tensor] = []
+        for spec in specs:
+            if spec.num_views == 0:
+                continue
+            views = sample_views(landmarks.float().cpu(), spec, self.flip_perm, size, self.generator)
+            view_affine = views.affine.to(images.device)
+            if cfg.landmarks == "online":
+                view_points = self._predict(images, views)
+            else:
+                view_points = views.landmarks.to(images.device)
+            for v in range(spec.num_views):
+                affines.append(view_affine[:, v])
+                points.append(view_points[:, v])
+        num_views = len(affines)
+        sources = self._augmented_sources(images)
+        tokens, used = [], []
+        for v in range(num_views):
+            pts = points[v]
+            if v >= cfg.global_views:
+                ids = subset_indices(batch, pts.shape[1], cfg.subset_size, cfg.subset_replacement, self.generator)
+                pts = torch.gather(pts, 1, ids.to(pts.device)[..., None].expand(-1, -1, 2))
+            pts = perturb(pts, cfg.sigma, self.generator)
+            tokens.append(sample_patches(sources[v], pts, mcfg.patch_size, self.convention, affines[v]))
+            used.append(pts)
+        return SSLViews(tokens, used, affines, [size] * num_views, cfg.global_views)
+
+    @torch.no_grad()
+    def _predict(self, images: torch.Tensor, views: Views) -> torch.Tensor:
+        """Landmark CNN (fp32, eval) on the clean warped crops: (B, V, R, 2) in view pixels."""
+        model = self.landmark_model
+        model.eval()
+        batch, num = views.affine.shape[:2]
+        size = self.model_cfg.image_size
+        crops = render_views(images, views, size).reshape(batch * num, 3, size, size)
+        with torch.autocast(images.device.type, enabled=False):
+            predicted = model(normalize(crops).float())
+        return predicted.view(batch, num, -1, 2)
+
+    def _grid_views(self, images: torch.Tensor) -> SSLViews:
+        cfg, mcfg = self.cfg, self.model_cfg
+        batch, size = images.shape[0], mcfg.image_size
+        layout = [(cfg.global_views, size, cfg.global_crops_scale), (cfg.local_views, cfg.dino_local_size, None)]
+        affines: list[torch.Tensor] = []
+        points: list[torch.Tensor] = []
+        sizes: list[int] = []
+        for count, view_size, scale in layout:
+            crop_scale = tuple(scale or cfg.dino_local_crops_scale)
+            grid = grid_landmarks(view_size, mcfg.patch_size, self.convention).to(images.device)
+            for _ in range(count):
+                boxes = random_boxes(batch, size, size, crop_scale, (3 / 4, 4 / 3), self.generator)
+                flipped = torch.rand(batch, generator=self.generator) < 0.5
+                affines.append(crop_affine(boxes, flipped, view_size).to(images.device))
+                points.append(grid.expand(batch, -1, -1))
+                sizes.append(view_size)
+        sources = self._augmented_sources(images)
+        tokens = [
+            sample_patches(src, pts, mcfg.patch_size, self.convention, aff)
+            for src, pts, aff in zip(sources, points, affines, strict=True)
+        ]
+        return SSLViews(tokens, points, affines, sizes, cfg.global_views)

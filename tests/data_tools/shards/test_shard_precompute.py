@@ -1,0 +1,160 @@
+"""Precompute: corrupt inputs are reported, interrupted runs resume to byte-identical output, filters work."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_tools.fewshot import select_fewshot
+from data_tools.shards.manifest import read_manifest
+from data_tools.shards.precompute import PARTS, precompute
+from data_tools.shards.verify import verify_shards
+from data_tools.shards.writer import ShardSample, file_sha256, write_shard
+
+
+class CrashError(Exception):
+    """Stands for a process dying part-way through a run."""
+
+
+def shard_files(out: Path) -> dict[str, str]:
+    """sha256 of every visible shard file."""
+    return {p.name: file_sha256(p) for p in sorted(out.glob("shard-*.tar"))}
+
+
+def test_corrupt_input_is_skipped_counted_and_listed(face_folder, make_config, tmp_path):
+    out = tmp_path / "shards"
+    result = precompute(face_folder, out, make_config())
+    info = result.info
+    assert info is not None
+    assert info["num_inputs"] == 61
+    assert info["num_samples"] == 60
+    assert info["num_skipped"] == 1
+    assert info["skipped"][0]["file"].endswith("s1/corrupt.jpg")
+    assert "decode" in info["skipped"][0]["reason"]
+    manifest = read_manifest(out)
+    assert manifest.num_rows == 60
+    assert not any("corrupt" in key for key in manifest.column("key").to_pylist())
+    assert sorted(set(manifest.column("label").to_pylist())) == list(range(6))
+    assert verify_shards(out).ok
+
+
+def test_interrupted_run_resumes_to_identical_output(face_folder, make_config, tmp_path):
+    cfg = make_config()
+    reference = tmp_path / "reference"
+    precompute(face_folder, reference, cfg)
+
+    out = tmp_path / "resumed"
+    seen = 0
+
+    def crash_in_third_shard(n: int) -> None:
+        nonlocal seen
+        seen += n
+        if seen > 20:
+            raise CrashError
+
+    with pytest.raises(CrashError):
+        precompute(face_folder, out, cfg, progress=crash_in_third_shard)
+    partial = shard_files(out)
+    assert list(partial) == ["shard-000000.tar", "shard-000001.tar"]
+    assert all(partial[name] == file_sha256(reference / name) for name in partial)
+    assert not (out / "_info.json").exists()
+    assert not (out / "manifest.parquet").exists()
+    assert not list(out.glob("*.tmp"))
+
+    resumed = precompute(face_folder, out, cfg)
+    assert resumed.reused == ["shard-000000.tar", "shard-000001.tar"]
+    assert len(resumed.written) == resumed.num_shards - 2
+    assert shard_files(out) == shard_files(reference)
+    for name in ("_info.json", "manifest.parquet"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes()
+
+    again = precompute(face_folder, out, cfg)
+    assert again.written == []
+    assert len(again.reused) == again.num_shards
+
+
+def test_a_damaged_shard_is_redone_on_rerun(face_folder, make_config, tmp_path):
+    out = tmp_path / "shards"
+    cfg = make_config()
+    precompute(face_folder, out, cfg)
+    before = shard_files(out)
+    victim = out / "shard-000003.tar"
+    victim.write_bytes(victim.read_bytes()[:1000])
+    rerun = precompute(face_folder, out, cfg)
+    assert rerun.written == ["shard-000003.tar"]
+    assert shard_files(out) == before
+
+
+def test_failing_shard_write_leaves_nothing_visible(tmp_path):
+    def samples():
+        for i in range(5):
+            if i == 3:
+                raise CrashError
+            yield ShardSample(f"k{i}", b"\xff\xd8", np.zeros((4, 2), np.float32), 0, {})
+
+    with pytest.raises(CrashError):
+        write_shard(tmp_path / "shard-000000.tar", samples())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shard_order_is_a_seeded_global_shuffle(face_folder, make_config, tmp_path):
+    precompute(face_folder, tmp_path / "a", make_config(seed=0))
+    precompute(face_folder, tmp_path / "b", make_config(seed=1))
+    first = read_manifest(tmp_path / "a").column("label").to_pylist()
+    other = read_manifest(tmp_path / "b").column("label").to_pylist()
+    assert first != sorted(first)
+    assert first != other
+    assert sorted(first) == sorted(other)
+    assert len(set(first[:8])) > 1
+
+
+def test_exclude_pairs_drops_their_people_and_relabels(face_folder, make_config, tmp_path):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("1\t1\ns1\t1\t2\ns2\t1\ts3\t2\n")
+    result = precompute(face_folder, tmp_path / "pool", make_config(), exclude_pairs=pairs)
+    rows = read_manifest(tmp_path / "pool").to_pylist()
+    assert {r["identity"] for r in rows} == {"s4", "s5", "s6"}
+    assert sorted({r["label"] for r in rows}) == [0, 1, 2]
+    assert result.info["num_samples"] == 30
+    assert result.info["source"]["excluded_people"] == 3
+
+
+def test_fewshot_list_as_source(face_folder, make_config, tmp_path):
+    listing = select_fewshot(face_folder, k=2, seed=0).write(tmp_path / "k2.json")
+    result = precompute(listing, tmp_path / "k2", make_config())
+    rows = read_manifest(tmp_path / "k2").to_pylist()
+    assert result.info["num_samples"] == 12
+    counts = np.bincount([r["label"] for r in rows])
+    assert counts.tolist() == [2] * 6
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_matches_uninterrupted(face_folder, make_config, tmp_path):
+    cfg = make_config(shard_size=4)
+    reference = tmp_path / "reference"
+    precompute(face_folder, reference, cfg)
+    out = tmp_path / "killed"
+    code = "import sys; from lafs_core.cli.main import main; sys.argv = sys.argv[1:]; main()"
+    command = [sys.executable, "-c", code, "lafs", "data", "shards", str(face_folder), str(out), "--preset", "tiny"]
+    command += ["--align", "none", "--shard-size", "4", "--workers", "2", "--json", "batch_size=4"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / PARTS).glob("*.json"))) < 3:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    visible = shard_files(out)
+    assert 0 < len(visible) < 16
+    assert all(visible[name] == file_sha256(reference / name) for name in visible)
+    assert not (out / "_info.json").exists()
+    precompute(face_folder, out, cfg)
+    assert shard_files(out) == shard_files(reference)
+    for name in ("_info.json", "manifest.parquet"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes()

@@ -1,0 +1,105 @@
+"""`lafs finetune`: initialisation from real checkpoint files, and a short end-to-end run on real LFW shards."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from _supervised_shards import lfw_k4_shards
+
+from lafs_core.config import load_config
+from lafs_core.config.finetune import FinetuneConfig
+from lafs_core.errors import ConfigError
+from lafs_core.models.build import build_face_model
+from lafs_core.models.checkpoint import load_face_model, save_model_checkpoint
+from lafs_core.train.finetune import build_finetune_model, run_finetune
+
+
+@pytest.fixture(scope="module")
+def k4(lfw_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return lfw_k4_shards(lfw_root, tmp_path_factory.mktemp("k4"))
+
+
+@pytest.fixture(scope="module")
+def init_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """A pretraining-style teacher export (backbone only) and a Part fViT checkpoint (backbone + landmark CNN)."""
+    root = tmp_path_factory.mktemp("init")
+    model_cfg = load_config(FinetuneConfig, preset="tiny").model
+    torch.manual_seed(11)
+    teacher = build_face_model(model_cfg, with_landmark_cnn=False)
+    torch.manual_seed(12)
+    partfvit = build_face_model(model_cfg)
+    teacher_path = save_model_checkpoint(root / "teacher.pt", teacher, "tiny", "pretrain")
+    partfvit_path = save_model_checkpoint(root / "partfvit.pt", partfvit, "tiny", "partfvit")
+    return teacher_path, partfvit_path, {"teacher": teacher.state_dict(), "partfvit": partfvit.state_dict()}
+
+
+def test_init_takes_the_vit_from_the_teacher_and_the_landmark_cnn_from_partfvit(init_files) -> None:
+    teacher_path, partfvit_path, states = init_files
+    cfg = load_config(
+        FinetuneConfig, preset="tiny", overrides=[f"init_backbone={teacher_path}", f"init_landmarks={partfvit_path}"]
+    )
+    face, sources = build_finetune_model(cfg)
+    state = face.state_dict()
+    for key, value in states["teacher"].items():
+        torch.testing.assert_close(state[key], value, msg=key)
+    for key, value in states["partfvit"].items():
+        if key.startswith("landmark_cnn."):
+            torch.testing.assert_close(state[key], value, msg=key)
+    assert not torch.equal(state["backbone.pos_embed"], states["partfvit"]["backbone.pos_embed"])
+    assert sources["backbone"].startswith("lafs:") and sources["landmark_cnn"].startswith("lafs:")
+
+
+def test_init_refuses_a_teacher_of_another_architecture(init_files) -> None:
+    teacher_path, _, _ = init_files
+    cfg = load_config(FinetuneConfig, preset="tiny", overrides=[f"init_backbone={teacher_path}", "model.depth=3"])
+    with pytest.raises(ConfigError, match="depth=2"):
+        build_finetune_model(cfg)
+
+
+@pytest.mark.slow
+def test_finetune_runs_verifies_logs_and_registers(k4, init_files, mlflow_store, tmp_path) -> None:
+    faces, shards = k4
+    teacher_path, partfvit_path, _ = init_files
+    name = f"test-finetune-{uuid.uuid4().hex[:8]}"
+    cfg = load_config(
+        FinetuneConfig,
+        preset="tiny",
+        overrides=[
+            f"data_dir={shards}",
+            f"output_dir={tmp_path / 'run'}",
+            f"init_backbone={teacher_path}",
+            f"init_landmarks={partfvit_path}",
+            f"val_pairs=[{faces}]",
+            "global_batch_size=8",
+            "micro_batch_size=4",
+            "max_steps=2",
+            "val_every=1",
+            "num_workers=0",
+            "log_every=1",
+            "augment.mixup_prob=1.0",
+            f"registered_model={name}",
+        ],
+    )
+    summary = run_finetune(cfg)
+
+    assert summary["steps"] == 2
+    assert (summary["classes"], summary["samples"], summary["accum"]) == (12, 48, 2)
+    acc = summary["metrics"]["faces/acc"]
+    assert 0.0 <= acc <= 1.0
+    run = mlflow_store.get_run(summary["run_id"])
+    assert [m.step for m in mlflow_store.get_metric_history(run.info.run_id, "faces/acc")] == [1, 2]
+    reg = mlflow_store.get_metric_history(run.info.run_id, "train/landmark_reg_weight")
+    assert {m.value for m in reg} == {1000.0}
+    assert run.data.params["augment.mixup_prob"] == "1.0"
+    versions = mlflow_store.search_model_versions(f"name='{name}'")
+    assert len(versions) == 1
+    assert versions[0].run_id == run.info.run_id
+    for file in ("best.pt", "last.pt"):
+        model = load_face_model(tmp_path / "run" / file)
+        assert model.landmark_cnn is not None
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["margin"]["weight"].shape == (12, cfg.model.dim)
+    assert last["train"]["best_step"] in (1, 2)
