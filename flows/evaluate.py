@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from prefect import flow, task
 
 from flows import lineage
@@ -12,6 +15,41 @@ from flows.common import STOP_HOOKS, StageOutput, record_cache_hit, tracked_stag
 from flows.params import EvaluateParams
 
 CHECKPOINT_ARTIFACTS = ("checkpoints/best.pt", "checkpoints/last.pt")
+
+
+class _ImageSubset:
+    """The images of a pair set that a pair subset still uses (an ``ImageSource``)."""
+
+    def __init__(self, images: Any, index: np.ndarray) -> None:
+        self.images, self.index = images, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def load(self, i: int) -> np.ndarray | None:
+        return self.images.load(int(self.index[i]))
+
+
+def stratified_subset(pair_set: Any, per_fold: int) -> Any:
+    """The first ``per_fold // 2`` same and different pairs of every fold, so 10-fold accuracy stays defined."""
+    keep = np.sort(
+        np.concatenate(
+            [
+                np.flatnonzero((pair_set.folds == fold) & (pair_set.issame == same))[: max(1, per_fold // 2)]
+                for fold in np.unique(pair_set.folds)
+                for same in (True, False)
+            ]
+        )
+    )
+    used, remapped = np.unique(pair_set.pairs[keep], return_inverse=True)
+    return replace(
+        pair_set,
+        images=_ImageSubset(pair_set.images, used),
+        pairs=remapped.reshape(-1, 2),
+        issame=pair_set.issame[keep],
+        folds=pair_set.folds[keep],
+        fold_rule=f"{pair_set.fold_rule}, first {per_fold} pairs per fold",
+    )
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -41,6 +79,8 @@ def verify_task(key: CacheKey, checkpoint: str, params: EvaluateParams, run_id: 
     from lafs_core.models.checkpoint import load_face_model
 
     pair_set = load_pair_set(params.pairs, params.images)
+    if params.pairs_per_fold:
+        pair_set = stratified_subset(pair_set, params.pairs_per_fold)
     model = load_face_model(checkpoint).eval()
     verified = verify_pair_set(model, pair_set, params.batch_size)
     report = verified.report(pair_set.name, model=checkpoint, source=pair_set.source, fold_rule=pair_set.fold_rule)

@@ -168,6 +168,8 @@ def run_process_group(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         bufsize=1,
         env=full_env,
         cwd=cwd,

@@ -91,6 +91,9 @@ class EvaluateParams(_Params):
     images: str | None = Field(None, description="image root of an LFW pair file")
     out_dir: str = Field(description="folder for the JSON report and ROC plot")
     batch_size: int = Field(128, ge=1)
+    pairs_per_fold: int | None = Field(
+        None, ge=2, description="evaluate only this many pairs per fold, half same, half different (smoke runs)"
+    )
 
 
 class PipelineParams(_Params):
@@ -108,6 +111,7 @@ class PipelineParams(_Params):
         None, ge=1, description="pretraining pool: one image each of the first N pool people (None: whole pool)"
     )
     eval_pairs: str = Field("lfw-v1", description="pair set of the final evaluation")
+    eval_pairs_per_fold: int | None = Field(None, ge=2, description="cut the evaluation to N pairs per fold")
     seed: int = 0
     partfvit_overrides: list[str] = Field(default_factory=list)
     pretrain_overrides: list[str] = Field(default_factory=list)

@@ -163,7 +163,10 @@ def pipeline_flow(params: PipelineParams) -> PipelineResult:
         )
         stages["eval"] = evaluate_flow(
             EvaluateParams(
-                model=stages["finetune"].artifacts["checkpoint"], pairs=params.eval_pairs, out_dir=str(work / "eval")
+                model=stages["finetune"].artifacts["checkpoint"],
+                pairs=params.eval_pairs,
+                out_dir=str(work / "eval"),
+                pairs_per_fold=params.eval_pairs_per_fold,
             ),
             parent,
             exp,

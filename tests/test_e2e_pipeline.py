@@ -29,6 +29,7 @@ def prefect_server() -> Iterator[None]:
 
 @pytest.mark.slow
 @pytest.mark.e2e
+@pytest.mark.timeout(1800)
 def test_pipeline_tracks_every_stage(prefect_server: None, mlflow_store: MlflowClient, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
@@ -44,6 +45,7 @@ def test_pipeline_tracks_every_stage(prefect_server: None, mlflow_store: MlflowC
         partfvit_overrides=["max_steps=2", "val_pairs=[]", "log_model=false", "num_workers=0"],
         pretrain_overrides=["max_steps=2", "probe_every=0", "num_workers=0", "log_every=1"],
         finetune_overrides=["max_steps=2", "val_pairs=[]", "num_workers=0", "log_every=1"],
+        eval_pairs_per_fold=10,
         experiment=os.environ["MLFLOW_EXPERIMENT_NAME"],
         registered_model=model_name,
     )

@@ -22,7 +22,7 @@ ResumeOption = Annotated[
 
 TORCHRUN_HINT = (
     "torchrun --nnodes N --nproc-per-node M --rdzv-backend c10d --rdzv-endpoint HOST:PORT "
-    "-m lafs_core.train.pretrain --config cfg.yaml [--resume auto] [key=value ...]"
+    "-m lafs_core.train.pretrain --config cfg.yaml [--resume auto] key=value ..."
 )
 
 

@@ -27,6 +27,7 @@ class DINOLoss(nn.Module):
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self.teacher_entropy = torch.zeros(())
 
     def forward(
         self,
@@ -40,6 +41,9 @@ class DINOLoss(nn.Module):
             raise ValueError("DINO loss needs at least one teacher view and two student views")
         student_logp = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_out]
         teacher_p = [F.softmax((t.detach().float() - self.center) / teacher_temp, dim=-1) for t in teacher_out]
+        with torch.no_grad():
+            entropy = [torch.special.entr(q).sum(dim=-1).mean() for q in teacher_p]
+            self.teacher_entropy = torch.stack(entropy).mean()
         total = student_logp[0].new_zeros(())
         terms = 0
         for ti, q in enumerate(teacher_p):
@@ -62,6 +66,11 @@ class DINOLoss(nn.Module):
         all_reduce_sum(count)
         batch_center = batch_sum / count
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+
+    def last_teacher_entropy(self) -> float:
+        """Mean entropy of the last call's centred, sharpened teacher distributions: ``log(out_dim)`` means collapse
+        to uniform, near 0 collapse to one prototype (the loss minus this is the student-teacher KL)."""
+        return float(self.teacher_entropy)
 
     def center_norm(self) -> float:
         """L2 norm of the centre (a collapse indicator: it tracks the teacher's mean output)."""

@@ -32,14 +32,14 @@ from lafs_core.train.supervised import StageHooks, train_supervised
 log = logging.getLogger(__name__)
 
 STAGE = "finetune"
-ARCH_FIELDS = ("dim", "depth", "heads", "dim_head", "mlp_dim", "patch_size", "num_landmarks", "sampler_convention")
+ARCH_FIELDS = ("dim", "depth", "mlp_dim", "patch_size", "sampler_convention")
 
 
 def init_part(face: FaceModel, path: Path, part: str, cfg: ModelConfig) -> ImportReport:
     """Load one part (``backbone`` or ``landmark_cnn``) from any supported checkpoint; it must be complete.
 
-    The checkpoint's architecture and sampler convention must be those of ``cfg`` (a convention mismatch would load
-    but sample patches the weights never saw).
+    The checkpoint's architecture (as far as its shapes or header tell) and sampler convention must be those of
+    ``cfg``: a convention mismatch would load but sample patches the weights never saw.
     """
     converted = convert_checkpoint(read_checkpoint(path))
     try:
@@ -47,9 +47,12 @@ def init_part(face: FaceModel, path: Path, part: str, cfg: ModelConfig) -> Impor
     except (ValueError, KeyError):
         source_cfg = None
     if source_cfg is not None and part == "backbone":
-        wrong = [f for f in ARCH_FIELDS if getattr(source_cfg, f) != getattr(cfg, f) and f != "num_landmarks"]
+        wrong = {f: getattr(source_cfg, f) for f in ARCH_FIELDS if getattr(source_cfg, f) != getattr(cfg, f)}
+        inner = source_cfg.heads * source_cfg.dim_head
+        if inner != cfg.heads * cfg.dim_head:
+            wrong["heads x dim_head"] = inner
         if wrong:
-            details = ", ".join(f"{f}={getattr(source_cfg, f)}" for f in wrong)
+            details = ", ".join(f"{name}={value}" for name, value in wrong.items())
             raise ConfigError(f"{path}: checkpoint model differs from the config ({details}); set model.* to match")
     report = load_parts(face, converted, [part], path)
     missing = [k for k in report.missing if k.startswith(f"{part}.")]

@@ -400,6 +400,7 @@ class Trainer:
                 metrics["step_time"] = elapsed / max(done, 1)
                 metrics["images_per_s"] = done * cfg.global_batch_size / max(elapsed, 1e-9)
                 metrics["center_norm"] = self.loss_fn.center_norm()
+                metrics["teacher_entropy"] = self.loss_fn.last_teacher_entropy()
                 metrics["epoch"] = (self.step - 1) // self.schedules.iters_per_epoch
                 tracking.log_metrics(metrics, step=self.step)
                 log.info("step %d/%d loss %.4f", self.step, self.total_steps, metrics["loss"])

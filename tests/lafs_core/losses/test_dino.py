@@ -53,6 +53,9 @@ def test_matches_reference(n_local: int, teacher_temp: float, batch: int) -> Non
     ref, ref_center = reference_dino(student, teacher, center, n_crops, teacher_temp)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_fn.center, ref_center, rtol=1e-6, atol=1e-6)
+    q = F.softmax((teacher - center) / teacher_temp, dim=-1)
+    entropy = -(q * q.clamp_min(1e-30).log()).sum(dim=-1).mean()
+    assert loss_fn.last_teacher_entropy() == pytest.approx(float(entropy), rel=1e-4, abs=1e-6)
 
 
 def test_loss_gradient_only_to_student() -> None:

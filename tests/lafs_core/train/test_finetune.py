@@ -13,7 +13,7 @@ from lafs_core.config import load_config
 from lafs_core.config.finetune import FinetuneConfig
 from lafs_core.errors import ConfigError
 from lafs_core.models.build import build_face_model
-from lafs_core.models.checkpoint import load_face_model, save_model_checkpoint
+from lafs_core.models.checkpoint import export_official_state_dict, load_face_model, save_model_checkpoint
 from lafs_core.train.finetune import build_finetune_model, run_finetune
 
 
@@ -103,3 +103,22 @@ def test_finetune_runs_verifies_logs_and_registers(k4, init_files, mlflow_store,
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert last["margin"]["weight"].shape == (12, cfg.model.dim)
     assert last["train"]["best_step"] in (1, 2)
+
+
+def test_init_from_an_official_style_ssl_teacher_needs_the_official_convention(tmp_path) -> None:
+    """The official LAFS file keeps the ViT under ``teacher`` with official key names and ``backbone.`` prefixes."""
+    model_cfg = load_config(FinetuneConfig, preset="tiny").model
+    torch.manual_seed(13)
+    source = build_face_model(model_cfg, with_landmark_cnn=False)
+    official = {f"backbone.{k}": v for k, v in export_official_state_dict(source).items()}
+    path = tmp_path / "checkpoint0040.pth"
+    torch.save({"teacher": official, "epoch": 40}, path)
+    with pytest.raises(ConfigError, match="sampler_convention=official"):
+        build_finetune_model(load_config(FinetuneConfig, preset="tiny", overrides=[f"init_backbone={path}"]))
+    cfg = load_config(
+        FinetuneConfig, preset="tiny", overrides=[f"init_backbone={path}", "model.sampler_convention=official"]
+    )
+    face, sources = build_finetune_model(cfg)
+    assert sources["backbone"].startswith("lafs-ssl:")
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(face.state_dict()[key], value, msg=key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -124,16 +125,17 @@ def k4(lfw_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 @pytest.mark.slow
 def test_resume_on_another_world_size_continues_the_schedule(k4, mlflow_store, mlflow_uri, tmp_path) -> None:
-    """2 gloo ranks (torchrun, Partial FC sharded over them) for 2 steps, then 1 rank resumes for 2 more."""
+    """2 gloo ranks (torchrun, Partial FC sharded over them, accumulation 2 with DDP no_sync) for 2 steps, then 1 rank
+    resumes (accumulation 4) for 2 more: same run, same schedule, the class matrix re-sliced."""
     _, shards = k4
     run_dir = tmp_path / "run"
     overrides = [
         f"data_dir={shards}",
         f"output_dir={run_dir}",
         "val_pairs=[]",
-        "global_batch_size=8",
+        "global_batch_size=16",
         "micro_batch_size=4",
-        "iters_per_epoch=4",
+        "iters_per_epoch=3",
         "epochs=2",
         "warmup_epochs=1",
         "partial_fc=true",
@@ -149,13 +151,15 @@ def test_resume_on_another_world_size_continues_the_schedule(k4, mlflow_store, m
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--no-python"]
     lafs = str(Path(sys.executable).with_name("lafs"))
     done = subprocess.run(
-        [*torchrun, lafs, "finetune", "--preset", "tiny", *overrides, "max_steps=2"],
+        [*torchrun, lafs, "finetune", "--preset", "tiny", "--json", *overrides, "max_steps=2"],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    started = json.loads(done.stdout)
+    assert (started["steps"], started["world_size"], started["accum"]) == (2, 2, 2)
     first = torch.load(run_dir / "checkpoints" / "step_00000002.pt", weights_only=True)
     assert (first["train"]["step"], first["train"]["world_size"]) == (2, 2)
     assert first["margin"]["weight"].shape == (12, 96)
@@ -165,7 +169,7 @@ def test_resume_on_another_world_size_continues_the_schedule(k4, mlflow_store, m
     cfg = load_config(FinetuneConfig, preset="tiny", overrides=[*overrides, "max_steps=4", "resume=auto"])
     summary = run_finetune(cfg)
 
-    assert (summary["steps"], summary["world_size"], summary["accum"]) == (4, 1, 2)
+    assert (summary["steps"], summary["world_size"], summary["accum"]) == (4, 1, 4)
     schedule = lr_schedule(cfg, make_plan(cfg, 48, 1))
     last = torch.load(run_dir / "checkpoints" / "step_00000004.pt", weights_only=True)
     assert (last["train"]["step"], last["train"]["world_size"]) == (4, 1)
