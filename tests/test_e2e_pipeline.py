@@ -75,7 +75,7 @@ def test_pipeline_tracks_every_stage(prefect_server: None, mlflow_store: MlflowC
         assert [i.dataset.name for i in children[name].inputs.dataset_inputs], name
     version = mlflow_store.get_model_version_by_alias(model_name, "candidate")
     assert version.run_id == children["finetune"].info.run_id
-    assert result.version == version.version
+    assert result.version == str(version.version)
 
     # Prefect: the pipeline run, its stage subflows and every task Completed; links to the MLflow runs.
     with get_client(sync_client=True) as client:

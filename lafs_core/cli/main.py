@@ -42,3 +42,7 @@ def main() -> None:
         console = Console(stderr=True, soft_wrap=True)
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
