@@ -91,5 +91,6 @@ def test_pipeline_tracks_every_stage(prefect_server: None, mlflow_store: MlflowC
     assert all(f.state.is_completed() for f in subflows)
     assert tasks
     assert all(t.state.is_completed() for t in tasks), [(t.name, t.state.type) for t in tasks]
-    links = {a.key for a in artifacts if a.type == "link"}
-    assert {"mlflow-pipeline", "mlflow-pretrain", "mlflow-eval"} <= links
+    links = {a.key: str(a.data) for a in artifacts}  # link artifacts (stored as markdown links)
+    assert {"mlflow-pipeline", "mlflow-pretrain", "mlflow-eval"} <= set(links)
+    assert f"/runs/{result.parent_run_id})" in links["mlflow-pipeline"]
