@@ -50,6 +50,11 @@ class PretrainConfig(StageConfig):
     )
     student_temp: float = Field(0.1, gt=0)
     center_momentum: float = Field(0.9, ge=0, le=1)
+    teacher_centering: Literal["ema", "sinkhorn"] = Field(
+        "ema",
+        description="'ema': DINO's EMA centre (official); 'sinkhorn': Sinkhorn-Knopp targets (DINOv2), small batches",
+    )
+    sinkhorn_iterations: int = Field(3, ge=1, description="Sinkhorn-Knopp iterations (teacher_centering=sinkhorn)")
     clip_grad: float = Field(3.0, ge=0, description="per-tensor L2 clip (DINO style); 0 disables")
     freeze_last_layer: int = Field(1, ge=0, description="epochs during which the head's last layer gets no update")
 

@@ -258,7 +258,13 @@ class Trainer:
         self.teacher.to(self.device)
         self.teacher.train(cfg.teacher_mode == "train")
         self.optimizer = build_adamw(self.student, self.schedules.lr[0], cfg.weight_decay)
-        self.loss_fn = DINOLoss(cfg.model.dino_out_dim, cfg.student_temp, cfg.center_momentum).to(self.device)
+        self.loss_fn = DINOLoss(
+            cfg.model.dino_out_dim,
+            cfg.student_temp,
+            cfg.center_momentum,
+            cfg.teacher_centering,
+            cfg.sinkhorn_iterations,
+        ).to(self.device)
         self.landmark_model = load_landmark_model(cfg, self.device)
         flip = torch.as_tensor(self.info.get("flip_permutation", []), dtype=torch.long)
         self.views = SSLViewMaker(
@@ -351,7 +357,12 @@ class Trainer:
         ema_update(self.teacher, self.student, values["momentum"])
         self.step += 1
         grad_norm = float(np.sqrt(np.sum(np.square(norms)))) if norms else 0.0
-        return {"loss": float(loss.detach()), "grad_norm": grad_norm, **values}
+        return {
+            "loss": float(loss.detach()),
+            "grad_norm": grad_norm,
+            "teacher_entropy": self.loss_fn.last_teacher_entropy(),
+            **values,
+        }
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
@@ -400,7 +411,6 @@ class Trainer:
                 metrics["step_time"] = elapsed / max(done, 1)
                 metrics["images_per_s"] = done * cfg.global_batch_size / max(elapsed, 1e-9)
                 metrics["center_norm"] = self.loss_fn.center_norm()
-                metrics["teacher_entropy"] = self.loss_fn.last_teacher_entropy()
                 metrics["epoch"] = (self.step - 1) // self.schedules.iters_per_epoch
                 tracking.log_metrics(metrics, step=self.step)
                 log.info("step %d/%d loss %.4f", self.step, self.total_steps, metrics["loss"])

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from lafs_core.losses.dino import DINOLoss
+from lafs_core.losses.dino import DINOLoss, sinkhorn_knopp
 
 
 def reference_dino(
@@ -74,6 +74,63 @@ def test_center_update_alone_is_plain_ema() -> None:
     assert loss_fn.center_norm() == pytest.approx(0.3 * 8**0.5, rel=1e-6)
 
 
+def reference_sinkhorn(logits: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """DINOv2's single-process Sinkhorn-Knopp on (N, K) already temperature-scaled logits (float64, no overflow)."""
+    q = torch.exp(logits.double()).t()
+    prototypes, samples = q.shape
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True) / prototypes
+        q = q / q.sum(dim=0, keepdim=True) / samples
+    return (q * samples).t().float()
+
+
+@pytest.mark.parametrize(("samples", "prototypes"), [(8, 64), (32, 1024), (6, 4)])
+def test_sinkhorn_matches_reference_and_balances(samples: int, prototypes: int) -> None:
+    logits = torch.randn(samples, prototypes, generator=torch.Generator().manual_seed(samples)) * 5
+    q = sinkhorn_knopp(logits, 3)
+    torch.testing.assert_close(q, reference_sinkhorn(logits, 3), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(samples))
+    # After many iterations the columns converge to an equal share samples / prototypes.
+    balanced = sinkhorn_knopp(logits, 200)
+    torch.testing.assert_close(balanced.sum(dim=0), torch.full((prototypes,), samples / prototypes), rtol=1e-3, atol=0)
+
+
+def test_sinkhorn_is_safe_for_large_logits() -> None:
+    logits = torch.randn(16, 32, generator=torch.Generator().manual_seed(1)) * 100
+    q = sinkhorn_knopp(logits, 3)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(16))
+
+
+def test_sinkhorn_centering_loss_matches_reference_and_keeps_centre() -> None:
+    gen = torch.Generator().manual_seed(7)
+    batch, out_dim, n_crops, temp = 5, 64, 6, 0.05
+    student = torch.randn(n_crops * batch, out_dim, generator=gen) * 3
+    teacher = torch.randn(2 * batch, out_dim, generator=gen) * 3
+    loss_fn = DINOLoss(out_dim, centering="sinkhorn")
+    ours = loss_fn(list(student.chunk(n_crops)), list(teacher.chunk(2)), temp)
+    q = reference_sinkhorn(teacher / temp).chunk(2)
+    s = (student / 0.1).chunk(n_crops)
+    terms = [torch.sum(-q[i] * F.log_softmax(s[v], dim=-1), dim=-1).mean() for i in range(2) for v in range(n_crops)]
+    expected = (sum(terms) - terms[0] - terms[n_crops + 1]) / (2 * n_crops - 2)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert loss_fn.center.abs().sum() == 0
+    # Like a centre, SK ignores an offset shared by every sample (a collapsed common component).
+    shared = torch.randn(1, out_dim, generator=gen) * 10
+    torch.testing.assert_close(
+        loss_fn.teacher_targets([t + shared for t in teacher.chunk(2)], temp),
+        loss_fn.teacher_targets(list(teacher.chunk(2)), temp),
+        rtol=1e-4,
+        atol=1e-7,
+    )
+
+
+def test_unknown_centering_is_rejected() -> None:
+    with pytest.raises(ValueError, match="centering"):
+        DINOLoss(8, centering="mean")  # type: ignore[arg-type]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -91,6 +148,33 @@ def _centre_worker(rank: int, world: int, port: int, queue: mp.Queue) -> None:
         queue.put((rank, loss_fn.center.tolist()))
     finally:
         dist.destroy_process_group()
+
+
+def _sinkhorn_worker(rank: int, world: int, port: int, logits: torch.Tensor, queue: mp.Queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        queue.put((rank, sinkhorn_knopp(logits.chunk(world)[rank] + rank, 3).tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sinkhorn_all_reduce_with_two_processes_equals_one_process() -> None:
+    logits = torch.randn(12, 16, generator=torch.Generator().manual_seed(3)) * 4
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_sinkhorn_worker, args=(r, 2, port, logits, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    shifted = torch.cat([logits[:6], logits[6:] + 1])
+    expected = reference_sinkhorn(shifted, 3)
+    torch.testing.assert_close(torch.tensor(results[0] + results[1]), expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.slow
