@@ -118,11 +118,12 @@ def sinkhorn_knopp(logits: torch.Tensor, iterations: int = 3) -> torch.Tensor:
     total = q.sum().reshape(1)
     all_reduce_sum(total)
     q /= total
+    tiny = torch.finfo(q.dtype).tiny
     for _ in range(iterations):
         rows = q.sum(dim=1, keepdim=True)
         all_reduce_sum(rows)
-        q /= rows.clamp_min(1e-30)
+        q /= rows.clamp_min(tiny)
         q /= prototypes
-        q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30)
+        q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
         q /= count
     return (q * count).t().float()
