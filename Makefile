@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint docker/Dockerfile.cpu docker/Dockerfile.cuda
 
 format: $(STAMP)
 	$(BIN)/ruff format .

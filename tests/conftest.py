@@ -1,4 +1,4 @@
-"""Session-wide fixtures: the real datasets under ../shared and one MLflow sqlite store per test session."""
+"""Session-wide fixtures: the real datasets under ../shared, one MLflow sqlite store and one Prefect API per session."""
 
 from __future__ import annotations
 
@@ -68,3 +68,13 @@ def mlflow_store(mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[M
     yield MlflowClient(mlflow_uri)
     while mlflow.active_run() is not None:
         mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A temporary Prefect API (sqlite in a temp dir); yields its URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,19 +17,10 @@ from mlflow import MlflowClient
 STAGES = {"shards-kshot", "partfvit", "shards-pool", "pretrain", "finetune", "eval"}
 
 
-@pytest.fixture(scope="module")
-def prefect_server() -> Iterator[None]:
-    """A temporary Prefect API for this module (the flows' tests have their own session server)."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.timeout(1800)
-def test_pipeline_tracks_every_stage(prefect_server: None, mlflow_store: MlflowClient, tmp_path: Path) -> None:
+def test_pipeline_tracks_every_stage(prefect_api: str, mlflow_store: MlflowClient, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 
