@@ -27,6 +27,8 @@ class LandmarkSource(ABC):
     num_landmarks: int
     convention: str
     image_size: int
+    uses_pixels: bool = True
+    """False when ``predict`` ignores the pixels (then callers may pass a (B, 0, 0, 3) placeholder batch)."""
 
     @abstractmethod
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +46,8 @@ def square_side(num_landmarks: int) -> int:
 class GridSource(LandmarkSource):
     """The regular n x n grid of cell centres (the dino-grid baseline); exact and flip-symmetric when centred."""
 
+    uses_pixels = False
+
     def __init__(self, num_landmarks: int, image_size: int = 112, convention: str = "centered") -> None:
         from lafs_core.models.sampler import grid_landmarks
 
@@ -59,7 +63,7 @@ class GridSource(LandmarkSource):
         self.sha256 = hashlib.sha256(self.grid.tobytes()).hexdigest()
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The same grid for every image."""
+        """The same grid for every image (only the batch size is read)."""
         batch = len(images)
         return np.broadcast_to(self.grid, (batch, *self.grid.shape)).copy(), np.ones(batch, dtype=bool)
 

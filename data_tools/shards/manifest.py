@@ -56,6 +56,18 @@ def landmark_stats(landmarks: np.ndarray) -> dict[str, float]:
     }
 
 
+def landmark_stats_batch(landmarks: np.ndarray) -> list[dict[str, float]]:
+    """:func:`landmark_stats` of every sample of a (B, R, 2) batch, computed in one pass (same values)."""
+    lmk = np.asarray(landmarks, dtype=np.float64)
+    centre = lmk.mean(axis=1)
+    low = lmk.min(axis=1)
+    high = lmk.max(axis=1)
+    spread = np.sqrt(((lmk - centre[:, None, :]) ** 2).sum(axis=2).mean(axis=1))
+    columns = np.stack([centre[:, 0], centre[:, 1], low[:, 0], high[:, 0], low[:, 1], high[:, 1], spread], axis=1)
+    names = ("lmk_mean_x", "lmk_mean_y", "lmk_min_x", "lmk_max_x", "lmk_min_y", "lmk_max_y", "lmk_std")
+    return [dict(zip(names, row, strict=True)) for row in columns.tolist()]
+
+
 def write_manifest(out_dir: str | Path, rows: list[dict[str, Any]]) -> None:
     """Write the per-sample rows as ``manifest.parquet`` (atomically)."""
     table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)

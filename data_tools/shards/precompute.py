@@ -2,9 +2,10 @@
 
 The plan (which sample goes to which shard, under which key) depends only on the source listing, the config and
 the landmark model, never on timing: samples are sorted by key, then permuted with the config's seed (a global
-shuffle, so identity-sorted datasets are spread over all shards). Each shard job decodes and aligns in a thread
-pool while the landmark model runs on the previous batch, writes ``shard-NNNNNN.tar`` atomically, then a small
-``.parts/shard-NNNNNN.json`` record (checksum, rows, skipped inputs). A rerun reuses every shard whose record
+shuffle, so identity-sorted datasets are spread over all shards). Inputs are decoded, aligned and JPEG-encoded in a
+thread pool a bounded window ahead of the consumer (across shard boundaries), while the main thread runs the landmark
+model on one batch at a time and streams the finished samples into ``shard-NNNNNN.tar`` (written atomically), then a
+small ``.parts/shard-NNNNNN.json`` record (checksum, rows, skipped inputs). A rerun reuses every shard whose record
 matches the plan and whose bytes still hash to the recorded sha256, and redoes the rest; ``finalize`` then writes
 ``manifest.parquet`` and ``_info.json``.
 """
@@ -15,9 +16,11 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ import numpy as np
 from data_tools.shards.alignment import describe as describe_alignment
 from data_tools.shards.alignment import make_aligner
 from data_tools.shards.landmark_sources import LandmarkSource, flip_permutation, open_landmark_source
-from data_tools.shards.manifest import FORMAT, landmark_stats, write_info, write_manifest
+from data_tools.shards.manifest import FORMAT, landmark_stats_batch, write_info, write_manifest
 from data_tools.shards.sources import Entry, FaceSource, open_source
 from data_tools.shards.writer import ShardSample, atomic_write_bytes, encode_jpeg, file_sha256, write_shard
 from lafs_core.config.data import ShardsConfig
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PARTS = ".parts"
 Progress = Callable[[int], None]
+Prepared = tuple[bytes, np.ndarray | None] | str
 
 
 def shard_name(index: int) -> str:
@@ -126,84 +130,117 @@ def load_part(out_dir: Path, name: str, fingerprint: str) -> ShardResult | None:
 
 
 class Preparer:
-    """Decode -> align -> JPEG round trip for one input, run in worker threads."""
+    """Decode -> align -> JPEG for one input, run in worker threads."""
 
-    def __init__(self, source: FaceSource, cfg: ShardsConfig) -> None:
+    def __init__(self, source: FaceSource, cfg: ShardsConfig, decode_stored: bool = True) -> None:
         self.source = source
         self.align = make_aligner(cfg.align, cfg.model.image_size)
         self.quality = cfg.jpeg_quality
+        self.decode_stored = decode_stored
 
-    def __call__(self, entry: Entry) -> tuple[bytes, np.ndarray] | str:
-        """(JPEG bytes, the decoded JPEG) of the aligned face, or the reason it was skipped."""
-        image = self.source.load(entry)
+    def __call__(self, entry: Entry) -> Prepared:
+        """(JPEG bytes, the decoded JPEG) of the aligned face, or the reason it was skipped.
+
+        The image stays in OpenCV's BGR order from decode to encode (the aligners resample each channel alike, so
+        this gives the same bytes without two channel swaps). The decoded JPEG (RGB: what a reader of the shard sees,
+        and what the landmark model runs on) is ``None`` when ``decode_stored`` is off, i.e. for landmark sources
+        that do not look at pixels.
+        """
+        image = self.source.load(entry, "BGR")
         if isinstance(image, str):
             return image
         try:
             aligned = self.align(image, entry)
         except DataError as exc:
             return f"alignment failed: {exc.problem}"
-        jpg = encode_jpeg(aligned, self.quality)
+        jpg = encode_jpeg(aligned, self.quality, "BGR")
+        if not self.decode_stored:
+            return jpg, None
         decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         return jpg, decoded
+
+
+def prefetch(
+    pool: ThreadPoolExecutor, fn: Callable[[Entry], Prepared], entries: Iterable[Entry], ahead: int
+) -> Iterator[Prepared]:
+    """``fn`` over ``entries`` in ``pool``, yielded in order, with at most ``ahead`` submitted and not yet consumed.
+
+    The window bounds memory and keeps the workers busy while the consumer runs the landmark model and writes.
+    """
+    entries = iter(entries)
+    pending: deque[Future] = deque(pool.submit(fn, entry) for entry in islice(entries, ahead))
+    while pending:
+        future = pending.popleft()
+        pending.extend(pool.submit(fn, entry) for entry in islice(entries, 1))
+        yield future.result()
 
 
 def run_shard(
     plan: Plan,
     index: int,
-    preparer: Preparer,
+    prepared: Iterator[Prepared],
     landmarks: LandmarkSource,
     out_dir: Path,
     cfg: ShardsConfig,
-    pool: ThreadPoolExecutor,
     progress: Progress | None = None,
 ) -> ShardResult:
-    """Write shard ``index`` of ``plan`` (decode/align in ``pool`` overlapping batched landmark inference)."""
+    """Write shard ``index`` of ``plan``; ``prepared`` yields the prepared inputs of its entries, in plan order.
+
+    Samples are streamed into the shard batch by batch: the landmark model runs once per batch, its samples are
+    written, then the next batch is consumed.
+    """
     name = shard_name(index)
     items = plan.shard(index)
-    futures: list[Future] = [pool.submit(preparer, entry) for _, entry in items]
-    samples: list[ShardSample] = []
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     total = np.zeros((landmarks.num_landmarks, 2), dtype=np.float64)
-    for start in range(0, len(items), cfg.batch_size):
-        batch = []
-        for (position, entry), future in zip(
-            items[start : start + cfg.batch_size], futures[start : start + cfg.batch_size], strict=True
-        ):
-            result = future.result()
-            if isinstance(result, str):
-                skipped.append({"key": entry.key, "file": entry.file, "reason": result})
-            else:
-                batch.append((position, entry, *result))
-        if batch:
-            points, ok = landmarks.predict(np.stack([b[3] for b in batch]))
-            for (position, entry, jpg, _), lmk, good in zip(batch, points, ok, strict=True):
-                if not good:
-                    skipped.append({"key": entry.key, "file": entry.file, "reason": "landmark model found no face"})
-                    continue
-                key = sample_key(position, entry.key)
-                meta = {
-                    "source_key": entry.key,
-                    "file": entry.file,
-                    "identity": entry.identity,
-                    "alignment": cfg.align,
-                }
-                samples.append(ShardSample(key=key, jpg=jpg, landmarks=lmk, label=entry.label, meta=meta))
-                rows.append(
-                    {
-                        "shard": name,
-                        "key": key,
-                        "label": entry.label,
-                        "source": entry.key,
+
+    def samples() -> Iterator[ShardSample]:
+        nonlocal total
+        for start in range(0, len(items), cfg.batch_size):
+            chunk = items[start : start + cfg.batch_size]
+            batch = []
+            for position, entry in chunk:
+                result = next(prepared)
+                if isinstance(result, str):
+                    skipped.append({"key": entry.key, "file": entry.file, "reason": result})
+                else:
+                    batch.append((position, entry, *result))
+            if batch:
+                if landmarks.uses_pixels:
+                    images = np.stack([b[3] for b in batch])
+                else:
+                    images = np.zeros((len(batch), 0, 0, 3), dtype=np.uint8)
+                points, ok = landmarks.predict(images)
+                stats = landmark_stats_batch(points)
+                for (position, entry, jpg, _), lmk, good, stat in zip(batch, points, ok, stats, strict=True):
+                    if not good:
+                        skipped.append({"key": entry.key, "file": entry.file, "reason": "landmark model found no face"})
+                        continue
+                    key = sample_key(position, entry.key)
+                    meta = {
+                        "source_key": entry.key,
                         "file": entry.file,
                         "identity": entry.identity,
-                        **landmark_stats(lmk),
+                        "alignment": cfg.align,
                     }
-                )
-                total += lmk
-        if progress:
-            progress(len(items[start : start + cfg.batch_size]))
-    sha, count = write_shard(out_dir / name, samples)
+                    rows.append(
+                        {
+                            "shard": name,
+                            "key": key,
+                            "label": entry.label,
+                            "source": entry.key,
+                            "file": entry.file,
+                            "identity": entry.identity,
+                            **stat,
+                        }
+                    )
+                    total += lmk
+                    yield ShardSample(key=key, jpg=jpg, landmarks=lmk, label=entry.label, meta=meta)
+            if progress:
+                progress(len(chunk))
+
+    sha, count = write_shard(out_dir / name, samples())
     result = ShardResult(
         name=name,
         sha256=sha,
@@ -243,18 +280,25 @@ def run_shards(
         on_plan(plan)
     (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
     ids = range(plan.num_shards) if shard_ids is None else shard_ids
-    results: list[ShardResult] = []
-    preparer = Preparer(source, cfg)
-    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-        for index in ids:
-            if not 0 <= index < plan.num_shards:
-                raise DataError(out_dir, f"shard {index} outside the plan's {plan.num_shards} shards")
-            done = load_part(out_dir, shard_name(index), plan.fingerprint)
-            if done is None:
-                done = run_shard(plan, index, preparer, landmarks, out_dir, cfg, pool, progress)
-            elif progress:
+    results: dict[int, ShardResult] = {}
+    todo: list[int] = []
+    for index in ids:
+        if not 0 <= index < plan.num_shards:
+            raise DataError(out_dir, f"shard {index} outside the plan's {plan.num_shards} shards")
+        done = load_part(out_dir, shard_name(index), plan.fingerprint)
+        if done is None:
+            todo.append(index)
+        else:
+            results[index] = done
+            if progress:
                 progress(len(plan.shard(index)))
-            results.append(done)
+    preparer = Preparer(source, cfg, decode_stored=landmarks.uses_pixels)
+    entries = (entry for index in todo for _, entry in plan.shard(index))
+    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+        prepared = prefetch(pool, preparer, entries, ahead=2 * cfg.batch_size + 2 * cfg.workers)
+        for index in todo:
+            results[index] = run_shard(plan, index, prepared, landmarks, out_dir, cfg, progress)
+    return plan, [results[index] for index in ids]
     return plan, results
 
 

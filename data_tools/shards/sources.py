@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from data_tools.readers import FaceReader, open_reader
@@ -34,56 +35,65 @@ class Entry:
 
 @dataclass
 class FaceSource:
-    """Planned entries plus a loader that decodes one entry (RGB uint8) or says why it cannot."""
+    """Planned entries plus a loader that decodes one entry (RGB or BGR uint8) or says why it cannot."""
 
     entries: list[Entry]
-    loader: Callable[[Entry], np.ndarray | str]
+    loader: Callable[[Entry, str], np.ndarray | str]
     description: dict[str, Any]
     listing_skipped: list[dict[str, str]] = field(default_factory=list)
 
-    def load(self, entry: Entry) -> np.ndarray | str:
-        """The decoded image of ``entry``, or the reason it was skipped."""
-        return self.loader(entry)
+    def load(self, entry: Entry, channel_order: str = "RGB") -> np.ndarray | str:
+        """The decoded image of ``entry``, or the reason it was skipped.
+
+        ``channel_order="BGR"`` gives OpenCV's order (what ``cv2.imdecode`` returns and ``cv2.imencode`` takes), so a
+        decode -> per-channel resample -> encode pipeline needs no channel swaps.
+        """
+        return self.loader(entry, channel_order)
 
 
-def _load_file(entry: Entry) -> np.ndarray | str:
+def in_order(rgb: np.ndarray, channel_order: str) -> np.ndarray:
+    """An RGB image in ``channel_order`` (RGB or BGR)."""
+    return rgb if channel_order == "RGB" else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def _load_file(entry: Entry, channel_order: str) -> np.ndarray | str:
     try:
         data = Path(entry.file).read_bytes()
     except OSError as exc:
         return f"cannot read: {exc.strerror}"
-    image = decode_rgb(data)
+    image = decode_rgb(data, channel_order)
     return "image does not decode (corrupt or unsupported)" if image is None else image
 
 
-def _folder_entries(reader: Any) -> tuple[list[Entry], Callable[[Entry], np.ndarray | str]]:
+def _folder_entries(reader: Any) -> tuple[list[Entry], Callable[[Entry, str], np.ndarray | str]]:
     root = Path(reader.root)
     entries = [Entry(item.key, str(root / item.key), item.identity, item.label) for item in reader.items]
     return entries, _load_file
 
 
-def _recordio_entries(reader: Any) -> tuple[list[Entry], Callable[[Entry], np.ndarray | str]]:
+def _recordio_entries(reader: Any) -> tuple[list[Entry], Callable[[Entry, str], np.ndarray | str]]:
     labels = reader.labels()
     entries = [
         Entry(str(key), f"{reader.rec_path}#{key}", str(int(label)) if label >= 0 else None, int(label))
         for key, label in zip(reader.image_keys, labels, strict=True)
     ]
 
-    def load(entry: Entry) -> np.ndarray | str:
+    def load(entry: Entry, channel_order: str) -> np.ndarray | str:
         try:
-            return reader[int(entry.key)].image
+            return in_order(reader[int(entry.key)].image, channel_order)
         except DataError as exc:
             return exc.problem
 
     return entries, load
 
 
-def _stream_entries(reader: FaceReader) -> tuple[list[Entry], Callable[[Entry], np.ndarray | str]]:
+def _stream_entries(reader: FaceReader) -> tuple[list[Entry], Callable[[Entry, str], np.ndarray | str]]:
     images: dict[str, np.ndarray] = {}
     entries = []
     for record in reader:
         images[record.key] = record.image
         entries.append(Entry(record.key, record.source, record.identity, record.label))
-    return entries, lambda entry: images[entry.key]
+    return entries, lambda entry, channel_order: in_order(images[entry.key], channel_order)
 
 
 def pair_file_people(path: str | Path) -> set[str]:

@@ -32,7 +32,8 @@ class Budget:
     eval_batch: int
     num_workers: int
     supervised_max_steps: int | None = None
-    ssl_on_kshot: bool = False  # smoke only: pretrain on the k-shot shards instead of building the 10k-image pool
+    partfvit_max_steps: int | None = None
+    ssl_images: str = "pool"  # "pool": the 10,492-image pool; "kshot": the k-shot images only (labels unused)
 
     def scaled(self, scale: float) -> Budget:
         """The same budget with SSL steps and supervised epochs multiplied by ``scale`` (at least 1 each)."""
@@ -62,6 +63,11 @@ class Budget:
             f"checkpoint_every={max(self.pretrain_steps // 2, 1)}",
         ]
 
+    def partfvit_overrides(self) -> list[str]:
+        """``lafs partfvit``: the supervised overrides, resumable, optionally cut at ``partfvit_max_steps``."""
+        cut = [f"max_steps={self.partfvit_max_steps}"] if self.partfvit_max_steps else []
+        return [*self.supervised_overrides(self.partfvit_epochs), *cut, "resume=auto"]
+
     def supervised_overrides(self, epochs: int) -> list[str]:
         """Overrides shared by ``lafs partfvit`` and ``lafs finetune``: no validation on the test pairs."""
         return [
@@ -88,10 +94,12 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     # End-to-end check of the wiring in a few minutes; the numbers mean nothing.
     "smoke": Budget(
-        "smoke", "tiny", 4, 2, 16, 2, 1, 1, 32, 32, 1e-3, 128, 1, supervised_max_steps=3, ssl_on_kshot=True
+        "smoke", "tiny", 4, 2, 16, 2, 1, 1, 32, 32, 1e-3, 128, 1, supervised_max_steps=3, ssl_images="kshot"
     ),
-    # 2 CPU cores, about 35 minutes for one seed on a quiet machine.
-    "cpu": Budget("cpu", "tiny", 200, 4, 32, 4, 4, 4, 32, 32, 1e-3, 256, 1),
+    # 2 shared CPU cores, under an hour: SSL on the 1,812 k-shot images, the Part fViT cut at 114 of its 224 steps.
+    "cpu": Budget("cpu", "tiny", 100, 4, 32, 4, 4, 2, 32, 32, 1e-3, 256, 1, partfvit_max_steps=114, ssl_images="kshot"),
+    # 2 quiet CPU cores, about 35 minutes for one seed (not yet run).
+    "cpu-full": Budget("cpu-full", "tiny", 200, 4, 32, 4, 4, 4, 32, 32, 1e-3, 256, 1),
     # One GPU: the small preset, about 30 SSL epochs of the 10,492-image pool and 34 fine-tuning epochs.
     "gpu": Budget("gpu", "small", 2500, 30, 128, 8, 34, 34, 128, 128, 2e-3, 512, 6),
 }

@@ -8,11 +8,13 @@ Stages, each a ``lafs`` command run as a subprocess (its log in ``DIR/logs``; a 
 2. ``lafs data shards`` of the k-shot set (grid landmarks; the supervised stages predict their own).
 3. ``lafs partfvit`` on the k-shot set only: the landmark CNN of the LAFS rows (strict few-shot, no label leakage,
    method.md 9); also the landmark-CNN initialisation of every row's fine-tuning, so rows differ only in the ViT.
-4. ``lafs data shards`` of the unlabelled pool (10,492 images) with that landmark CNN's precomputed landmarks.
+4. ``lafs data shards`` of the SSL images with that landmark CNN's precomputed landmarks: the unlabelled pool
+   (10,492 images) or, in short budgets, the k-shot images only (their labels unused).
 5. Per seed: ``lafs pretrain`` for dino-grid, lafs (precomputed landmarks) and lafs-online (the landmark CNN on
    every view), then ``lafs finetune`` of all four rows (scratch: random ViT) with the same budget.
-6. Each fine-tuned ``last.pt`` is verified on the View-1 test pairs, AT&T and Extended Yale B (balanced generated
-   pairs, seed 0) and the table is rewritten after every evaluation: ``DIR/results.json`` and ``DIR/results.md``.
+6. Each fine-tuned ``last.pt`` is verified on the View-1 test pairs as soon as it exists, then all of them on AT&T
+   and Extended Yale B (balanced generated pairs, seed 0); the table is rewritten after every evaluation:
+   ``DIR/results.json`` and ``DIR/results.md``.
 
 No stage looks at the test pairs during training (no validation sets, the last checkpoint is evaluated).
 """
@@ -181,17 +183,18 @@ class Experiment:
         self.stages.run(
             "partfvit",
             [*lafs, "partfvit", "--preset", preset, "--data", str(self.kshot), "--out", str(self.partfvit),
-             f"seed={DATA_SEED}", *self.budget.supervised_overrides(self.budget.partfvit_epochs), "--json"],
+             f"seed={DATA_SEED}", *self.budget.partfvit_overrides(), "--json"],
             [self.partfvit / "last.pt", self.partfvit / "landmark_cnn.pt"],
         )  # fmt: skip
-        if self.budget.ssl_on_kshot:
-            self.pool = self.kshot
-            return
+        select = ["--exclude-pairs", str(self.test_pairs)]
+        if self.budget.ssl_images == "kshot":
+            self.pool = self.data / f"ssl-k{K_SHOT}"
+            select = ["--fewshot", str(self.fewshot)]
         self.stages.run(
-            "shards-pool",
+            f"shards-ssl-{self.budget.ssl_images}",
             [*lafs, "data", "shards", str(self.lfw_root), str(self.pool),
-             "--landmarks", f"cnn:{self.partfvit / 'landmark_cnn.pt'}", "--align", "lfw-deepfunneled",
-             "--exclude-pairs", str(self.test_pairs), "--preset", preset, "--json"],
+             "--landmarks", f"cnn:{self.partfvit / 'last.pt'}", "--align", "lfw-deepfunneled", *select,
+             "--preset", preset, "--json"],
             [self.pool / "_info.json"],
         )  # fmt: skip
 
@@ -224,9 +227,9 @@ class Experiment:
         )  # fmt: skip
         return run_dir / "last.pt"
 
-    def evaluate(self, row: str, seed: int, checkpoint: Path) -> None:
-        """Verify ``checkpoint`` on every pair set (reports cached as JSON) and rewrite the results."""
-        for name in SETS:
+    def evaluate(self, row: str, seed: int, checkpoint: Path, sets: Sequence[str] = SETS) -> None:
+        """Verify ``checkpoint`` on ``sets`` (reports cached as JSON) and rewrite the results."""
+        for name in sets:
             path = self.out / "eval" / row / f"seed{seed}" / f"{name}.json"
             if not path.exists():
                 self._verify(checkpoint, name, path)
@@ -254,12 +257,17 @@ class Experiment:
     # --- the whole experiment ----------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Every stage in order (cheapest rows first, so a partial run still compares something)."""
+        """Every stage in order; lfw-v1 right after each row, the cross-dataset checks once all rows are done."""
         self.prepare()
+        finished = []
         for seed in self.seeds:
             for row in self.rows:
                 teacher = self.pretrain(row, seed) if row in PRETRAINED else None
-                self.evaluate(row, seed, self.finetune(row, seed, teacher))
+                checkpoint = self.finetune(row, seed, teacher)
+                self.evaluate(row, seed, checkpoint, SETS[:1])
+                finished.append((row, seed, checkpoint))
+        for row, seed, checkpoint in finished:
+            self.evaluate(row, seed, checkpoint, SETS[1:])
         return self.write_results()
 
     def write_results(self) -> dict[str, Any]:

@@ -21,9 +21,9 @@ DEMO: dict[str, Any] = {
     "k": 4,
     "kshot_identities": 120,
     "pool_images": 600,
-    "partfvit_overrides": ["max_steps=10", "val_pairs=[]", "log_model=false", "num_workers=0"],
+    "partfvit_overrides": ["max_steps=10", "val_pairs=[]", "log_model=false"],
     "pretrain_overrides": ["max_steps=30", "probe_every=0", "checkpoint_every=1000", "num_workers=0"],
-    "finetune_overrides": ["max_steps=20", "val_every=0", "num_workers=0"],
+    "finetune_overrides": ["max_steps=20", "val_every=0"],
     "pretrain_launch": {"nproc_per_node": 2},
 }
 

@@ -77,6 +77,12 @@ class SupervisedConfig(StageConfig):
     amp: Literal["auto", "bf16", "none"] = Field("auto", description="'auto': bf16 autocast on CUDA, fp32 on CPU")
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     num_workers: int = Field(2, ge=0, description="loader worker processes per rank")
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads per rank; null: OMP_NUM_THREADS if set, else cores // (local ranks x "
+        "(1 + num_workers)), so ranks and loader workers never oversubscribe the CPU",
+    )
 
     val_pairs: list[str] = Field(
         default_factory=lambda: ["lfw-v1"], description="pair sets verified during training (eval pair-set names)"

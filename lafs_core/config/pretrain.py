@@ -55,6 +55,9 @@ class PretrainConfig(StageConfig):
         description="'ema': DINO's EMA centre (official); 'sinkhorn': Sinkhorn-Knopp targets (DINOv2), small batches",
     )
     sinkhorn_iterations: int = Field(3, ge=1, description="Sinkhorn-Knopp iterations (teacher_centering=sinkhorn)")
+    koleo_weight: float = Field(
+        0.0, ge=0, description="KoLeo regulariser weight on the student's global-view embeddings (DINOv2: 0.1); 0 off"
+    )
     clip_grad: float = Field(3.0, ge=0, description="per-tensor L2 clip (DINO style); 0 disables")
     freeze_last_layer: int = Field(1, ge=0, description="epochs during which the head's last layer gets no update")
 

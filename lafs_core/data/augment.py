@@ -4,6 +4,13 @@ Colour jitter (brightness .4, contrast .4, saturation .2, hue .1, in a random or
 greyscale p=0.2, Gaussian blur (sigma U(0.1, 2.0)) and solarize (threshold 128) with per-view-type probabilities:
 ``GLOBAL_1`` blur 1.0; ``GLOBAL_2`` blur 0.1 + solarize 0.2; ``LOCAL`` blur 0.5. Images are (B, 3, H, W) uint8 or
 float 0..255 on any device; the result is float32 0..255, ready for ``normalize``.
+
+Everything is vectorised over the batch (no loop over samples) and works in float32 on the 0..255 scale, in
+place where safe. The batch is first permuted so that the samples whose hue op sits in order slot k form one
+contiguous block (undone at the end). The jitter then takes one pass per order slot: every jittered sample gets a
+per-sample affine colour map ``f * x + w * grey + c`` (brightness, contrast or saturation; identity where its op
+in that slot is hue), then that slot's hue block gets the exact HSV hue rotation in place. The ops equal
+torchvision's functional ones on the same factors (luma weights are PIL's .299/.587/.114).
 """
 
 from __future__ import annotations
@@ -15,47 +22,108 @@ import torch.nn.functional as F
 
 LUMA = (0.299, 0.587, 0.114)
 BLUR_KERNEL = 13
+MAX_VALUE = 255.0
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 
 def greyscale(x: torch.Tensor) -> torch.Tensor:
     """Luma (B, 1, H, W) of RGB images (B, 3, H, W)."""
     r, g, b = x.unbind(dim=1)
-    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
+    return (r * LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2]).unsqueeze(1)
 
 
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn)."""
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate the hue of RGB images (B, 3, H, W) by ``shift`` (B,) turns, as torchvision's HSV round trip.
+
+    Scale-free (any value range). With ``high``/``low`` the channel max/min and ``h`` the hue in turns, channel
+    ``c`` becomes ``high - (high - low) * clamp(2 - 6 * d_c, 0, 1)``, where ``d_c`` is the distance of
+    ``h + shift + (1/2, 1/6, -1/6)[c]`` to the nearest integer. ``out`` may be ``x`` (in place).
+    """
     r, g, b = x.unbind(dim=1)
-    high, argmax = x.max(dim=1)
-    low = x.min(dim=1).values
-    delta = high - low
-    safe = delta.clamp_min(1e-8)
+    high = torch.maximum(torch.maximum(r, g), b)
+    delta = high - torch.minimum(torch.minimum(r, g), b)
+    inv = delta.clamp_min(1e-12).reciprocal_().mul_(1 / 6)
     hue = torch.where(
-        argmax == 0, ((g - b) / safe) % 6, torch.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4)
+        high == r,
+        (g - b).mul_(inv),
+        torch.where(high == g, (b - r).mul_(inv).add_(1 / 3), (r - g).mul_(inv).add_(2 / 3)),
     )
-    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
-    sat = torch.where(high > 0, delta / high.clamp_min(1e-8), torch.zeros_like(high))
-    return torch.stack((hue, sat, high), dim=1)
+    hue.add_(shift.to(x.device, x.dtype)[:, None, None])
+    offsets = torch.tensor([1 / 2, 1 / 6, -1 / 6], device=x.device, dtype=x.dtype)[None, :, None, None]
+    turns = hue.unsqueeze(1) + offsets
+    weight = turns.sub_(turns.round()).abs_().mul_(-6).add_(2).clamp_(0, 1).mul_(delta.unsqueeze(1))
+    return torch.sub(high.unsqueeze(1), weight, out=out)
 
 
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """HSV in [0, 1] -> RGB in [0, 1]."""
-    h, s, v = x.unbind(dim=1)
-    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device)[None, :, None, None] + h[:, None] * 6) % 6
-    return v[:, None] - v[:, None] * s[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
+def hue_order(order: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """A batch permutation that groups samples by the slot of their hue op, and the group sizes.
+
+    Groups 0..3: active samples whose hue op is in that slot; group 4: inactive samples. In the permuted batch each
+    slot's hue samples are one contiguous slice, so the hue op runs in place on a view (no gather/scatter).
+    """
+    key = torch.where(active, (order == HUE).int().argmax(dim=1), order.shape[1])
+    perm = torch.argsort(key, stable=True)
+    return perm, torch.bincount(key, minlength=order.shape[1] + 1).tolist()
+
+
+def jitter_sorted_(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, groups: list[int]) -> None:
+    """Colour jitter in place on a batch permuted by :func:`hue_order` (``factors``/``order`` permuted alike)."""
+    device, dtype = x.device, x.dtype
+    active = sum(groups[:-1])
+    y = x[:active]
+    rows = torch.arange(active)
+    factors, order = factors[:active], order[:active]
+    start = 0
+    for slot in range(order.shape[1]):
+        op = order[:, slot]
+        factor = torch.where(op == HUE, 1.0, factors[rows, op.clamp_max(SATURATION)])
+        if (factor != 1).any():
+            blend = 1 - factor
+            weight = torch.where(op == SATURATION, blend, 0.0)
+            contrast = torch.where(op == CONTRAST, blend, 0.0)
+            grey = greyscale(y) if (weight != 0).any() or (contrast != 0).any() else None
+            y.mul_(factor.to(device, dtype)[:, None, None, None])
+            if grey is not None:
+                offset = contrast.to(device, dtype) * grey.mean(dim=(1, 2, 3))
+                y.add_(offset[:, None, None, None]).addcmul_(grey, weight.to(device, dtype)[:, None, None, None])
+            y.clamp_(0, MAX_VALUE)
+        stop = start + groups[slot]
+        if stop > start:
+            hue = y[start:stop]
+            adjust_hue(hue, factors[start:stop, HUE], out=hue)
+        start = stop
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Colour-jitter float images (B, 3, H, W) on the 0..255 scale, each sample with its own op order.
+
+    ``factors`` (B, 4): brightness, contrast and saturation blend factors (1 = unchanged) and the hue shift in turns;
+    ``order`` (B, 4): a permutation of the ops (0 brightness, 1 contrast, 2 saturation, 3 hue) per sample. Both on the
+    CPU. Each linear op clamps to 0..255, as torchvision's. Returns a new tensor.
+    """
+    perm, groups = hue_order(order, torch.ones(x.shape[0], dtype=torch.bool))
+    on_device = perm.to(x.device)
+    y = x.index_select(0, on_device)
+    jitter_sorted_(y, factors[perm], order[perm], groups)
+    return y.index_select(0, torch.argsort(perm).to(x.device))
 
 
 def blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-sample sigma (B,), reflect padding."""
+    """Separable Gaussian blur with a per-sample sigma (B,), reflect padding: two depthwise convs over the batch."""
     batch, channels, height, width = x.shape
     taps = torch.arange(BLUR_KERNEL, device=x.device, dtype=x.dtype) - BLUR_KERNEL // 2
-    kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
+    kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None].to(x.device, x.dtype) ** 2))
     kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
     pad = BLUR_KERNEL // 2
-    y = x.reshape(1, batch * channels, height, width)
-    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=batch * channels)
-    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kernel[:, None, :, None], groups=batch * channels)
+    y = F.pad(x.reshape(1, batch * channels, height, width), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, kernel[:, None, None, :], groups=batch * channels)
+    y = F.conv2d(y, kernel[:, None, :, None], groups=batch * channels)
     return y.view(batch, channels, height, width)
+
+
+def solarize(x: torch.Tensor) -> torch.Tensor:
+    """Invert values at or above the midpoint (PIL threshold 128 on uint8) of 0..255 images."""
+    return torch.where(x >= MAX_VALUE / 2, MAX_VALUE - x, x)
 
 
 @dataclass(frozen=True)
@@ -76,47 +144,34 @@ class PhotometricAugment:
         """Augment a batch; random draws come from ``generator`` (CPU) so results are reproducible per seed."""
         batch = images.shape[0]
         device = images.device
-        x = images.float() / 255.0
+        draws = torch.rand(batch, 9, generator=generator)
+        order = torch.argsort(torch.rand(batch, 4, generator=generator), dim=1)
+        perm, groups = hue_order(order, draws[:, 0] < self.jitter_p)
+        on_device = perm.to(device)
+        x = images.index_select(0, on_device).to(torch.float32)
+        draws, order = draws[perm], order[perm]
+        if groups[-1] < batch:
+            jitter_sorted_(x, self.jitter_factors(draws[:, 5:]), order, groups)
+        _, grey, blur_on, sigma_u, solar = draws[:, :5].unbind(dim=1)
+        low, high = self.blur_sigma
+        for mask, op in (
+            (grey < self.grey_p, lambda sub, _: greyscale(sub).expand(-1, 3, -1, -1)),
+            (blur_on < self.blur_p, lambda sub, idx: blur(sub, low + sigma_u[idx] * (high - low))),
+            (solar < self.solarize_p, lambda sub, _: solarize(sub)),
+        ):
+            idx = torch.nonzero(mask).squeeze(1)
+            if idx.numel() == batch:
+                x = op(x, idx).contiguous()
+            elif idx.numel():
+                rows = idx.to(device)
+                x.index_copy_(0, rows, op(x.index_select(0, rows), idx))
+        return x.index_select(0, torch.argsort(perm).to(device)).clamp_(0, MAX_VALUE)
 
-        def draw(*shape: int) -> torch.Tensor:
-            return torch.rand(*shape, generator=generator).to(device)
-
-        jitter = draw(batch) < self.jitter_p
-        order = torch.argsort(torch.rand(batch, 4, generator=generator), dim=1).to(device)
-        factors = draw(batch, 4)
-        for slot in range(4):
-            for op in range(4):
-                idx = torch.nonzero(jitter & (order[:, slot] == op)).squeeze(1)
-                if idx.numel():
-                    x[idx] = self._jitter(x[idx], op, factors[idx, op])
-        grey = torch.nonzero(draw(batch) < self.grey_p).squeeze(1)
-        if grey.numel():
-            x[grey] = greyscale(x[grey]).expand(-1, 3, -1, -1)
-        blur_on = draw(batch) < self.blur_p
-        sigma = self.blur_sigma[0] + draw(batch) * (self.blur_sigma[1] - self.blur_sigma[0])
-        idx = torch.nonzero(blur_on).squeeze(1)
-        if idx.numel():
-            x[idx] = blur(x[idx], sigma[idx])
-        solar = draw(batch) < self.solarize_p
-        idx = torch.nonzero(solar).squeeze(1)
-        if idx.numel():
-            x[idx] = torch.where(x[idx] >= 0.5, 1.0 - x[idx], x[idx])
-        return x.clamp_(0.0, 1.0).mul_(255.0)
-
-    def _jitter(self, x: torch.Tensor, op: int, u: torch.Tensor) -> torch.Tensor:
-        """Apply jitter op (0 brightness, 1 contrast, 2 saturation, 3 hue) with uniform draws ``u`` in [0, 1)."""
-        if op == 3:
-            shift = (u * 2 - 1) * self.hue
-            hsv = rgb_to_hsv(x)
-            hsv[:, 0] = (hsv[:, 0] + shift[:, None, None]) % 1.0
-            return hsv_to_rgb(hsv)
-        strength = (self.brightness, self.contrast, self.saturation)[op]
-        factor = (1 - strength + u * 2 * strength)[:, None, None, None]
-        if op == 0:
-            return (x * factor).clamp(0, 1)
-        grey = greyscale(x)
-        base = grey.mean(dim=(2, 3), keepdim=True) if op == 1 else grey
-        return (base + factor * (x - base)).clamp(0, 1)
+    def jitter_factors(self, u: torch.Tensor) -> torch.Tensor:
+        """(B, 4) brightness/contrast/saturation factors U(1 - s, 1 + s) and hue shifts U(-h, h) from U(0, 1) draws."""
+        strength = torch.tensor([self.brightness, self.contrast, self.saturation, self.hue])
+        base = torch.tensor([1.0, 1.0, 1.0, 0.0])
+        return base - strength + u * 2 * strength
 
 
 GLOBAL_1 = PhotometricAugment(blur_p=1.0)

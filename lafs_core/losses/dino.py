@@ -127,3 +127,18 @@ def sinkhorn_knopp(logits: torch.Tensor, iterations: int = 3) -> torch.Tensor:
         q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
         q /= count
     return (q * count).t().float()
+
+
+def koleo_loss(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo regulariser (DINOv2, Sablayrolles et al. 2019): ``-mean_i log min_{j != i} ||x_i - x_j||`` over the
+    L2-normalised (B, D) embeddings of one rank's batch; it spreads the batch uniformly over the sphere, countering
+    the dimensional collapse a tiny model falls into when every face embeds to nearly one direction."""
+    if embeddings.shape[0] < 2:
+        raise ValueError("KoLeo needs at least two embeddings")
+    x = F.normalize(embeddings.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        similarity = x @ x.t()
+        similarity.fill_diagonal_(-2.0)
+        nearest = similarity.argmax(dim=1)
+    distances = (x - x[nearest]).norm(dim=-1)
+    return -torch.log(distances + eps).mean()

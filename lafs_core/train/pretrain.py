@@ -33,7 +33,7 @@ from lafs_core.config import config_hash, dump_config, load_config
 from lafs_core.config.pretrain import PretrainConfig
 from lafs_core.data.ssl_views import SSLViewMaker, SSLViews
 from lafs_core.errors import ConfigError, DataError, LafsError
-from lafs_core.losses.dino import DINOLoss
+from lafs_core.losses.dino import DINOLoss, koleo_loss
 from lafs_core.models.build import build_backbone, build_dino_head
 from lafs_core.models.vit import GridFViT, PartFViT
 from lafs_core.train import checkpointing as ckpt
@@ -57,8 +57,11 @@ class MultiCropNet(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-view head outputs (B, out_dim), in the order of ``views``."""
+    def forward(
+        self, views: Sequence[torch.Tensor], return_embeddings: bool = False
+    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-view head outputs (B, out_dim), in the order of ``views``; with ``return_embeddings`` also the
+        per-view backbone embeddings (B, dim)."""
         groups: dict[int, list[int]] = {}
         for index, tokens in enumerate(views):
             groups.setdefault(tokens.shape[1], []).append(index)
@@ -67,8 +70,8 @@ class MultiCropNet(nn.Module):
             out = self.backbone.forward_tokens(torch.cat([views[i] for i in indices]))
             for i, chunk in zip(indices, out.chunk(len(indices)), strict=True):
                 embeddings[i] = chunk
-        logits = self.head(torch.cat(embeddings))
-        return list(logits.chunk(len(views)))
+        logits = list(self.head(torch.cat(embeddings)).chunk(len(views)))
+        return (logits, embeddings) if return_embeddings else logits
 
 
 @dataclass(frozen=True)
@@ -339,8 +342,12 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=enabled):
             with torch.no_grad():
                 teacher_out = self.teacher(views.tokens[: views.num_global])
-            student_out = self.ddp(views.tokens)
-        loss = self.loss_fn(student_out, teacher_out, values["teacher_temp"])
+            student_out, embeddings = self.ddp(views.tokens, return_embeddings=True)
+        dino = self.loss_fn(student_out, teacher_out, values["teacher_temp"])
+        koleo = torch.zeros((), device=self.device)
+        if self.cfg.koleo_weight > 0:
+            koleo = torch.stack([koleo_loss(e) for e in embeddings[: views.num_global]]).mean()
+        loss = dino + self.cfg.koleo_weight * koleo
         flags = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.device)
         all_reduce_sum(flags)
         if flags.item() > 0:
@@ -359,6 +366,8 @@ class Trainer:
         grad_norm = float(np.sqrt(np.sum(np.square(norms)))) if norms else 0.0
         return {
             "loss": float(loss.detach()),
+            "dino_loss": float(dino.detach()),
+            "koleo": float(koleo.detach()),
             "grad_norm": grad_norm,
             "teacher_entropy": self.loss_fn.last_teacher_entropy(),
             **values,

