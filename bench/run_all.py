@@ -202,7 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true", help="GPU sizes (needs CUDA)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(b.key for b in BENCHES)}")
     parser.add_argument("--out", type=Path, default=None, help="also write every JSON line to this file")
+    parser.add_argument("--summarise", type=Path, nargs="+", default=None, help="only check saved JSON-line files")
     args = parser.parse_args(argv)
+    if args.summarise:
+        saved = [json.loads(x) for path in args.summarise for x in path.read_text().splitlines() if x.startswith("{")]
+        records: Records = {}
+        for line in saved:
+            records.setdefault(str(line.get("bench")), []).append(line)
+        print(summary_table(check(records), {}))
+        return 0
     chosen = {k.strip() for k in args.only.split(",") if k.strip()} or {b.key for b in BENCHES}
     log_dir = (args.out.parent if args.out else Path("runs") / "bench") / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -233,8 +233,6 @@ class Experiment:
             path = self.out / "eval" / row / f"seed{seed}" / f"{name}.json"
             if not path.exists():
                 self._verify(checkpoint, name, path)
-            report = json.loads(path.read_text())
-            self.records.append(Record.from_report(row, seed, report))
         self.write_results()
 
     def _verify(self, checkpoint: Path, name: str, path: Path) -> None:
@@ -270,8 +268,17 @@ class Experiment:
             self.evaluate(row, seed, checkpoint, SETS[1:])
         return self.write_results()
 
+    def read_records(self) -> list[Record]:
+        """Every evaluation report on disk (``eval/<row>/seed<S>/<set>.json``), whichever process wrote it."""
+        records = []
+        for path in sorted((self.out / "eval").glob("*/seed*/*.json")):
+            row, seed = path.parent.parent.name, int(path.parent.name.removeprefix("seed"))
+            records.append(Record.from_report(row, seed, json.loads(path.read_text())))
+        return records
+
     def write_results(self) -> dict[str, Any]:
         """``results.json`` (everything) and ``results.md`` (the table), written atomically."""
+        self.records = self.read_records()
         table = summarise(self.records)
         diffs = comparisons(self.records)
         stages = {p.stem: json.loads(p.read_text()) for p in sorted(self.stages.done_dir.glob("*.json"))}
@@ -304,6 +311,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     parser.add_argument("--rows", default=",".join(RUN_ORDER), help="comma-separated rows, run in this order")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/lfw_v1/<budget>)")
+    parser.add_argument("--table-only", action="store_true", help="only rebuild the results from the reports on disk")
     return parser.parse_args(argv)
 
 
@@ -321,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = (args.out or Path("runs") / "lfw_v1" / budget.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        results = Experiment(out, budget, [int(s) for s in args.seeds.split(",")], rows).run()
+        experiment = Experiment(out, budget, [int(s) for s in args.seeds.split(",")], rows)
+        results = experiment.write_results() if args.table_only else experiment.run()
     except LafsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

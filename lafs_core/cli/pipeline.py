@@ -32,6 +32,13 @@ StageSet = Annotated[list[str] | None, typer.Option(help="key=value override of 
 
 def _run(values: dict[str, Any], as_json: bool) -> None:
     """Run the pipeline flow with ``values`` and print its table (or JSON)."""
+    from pathlib import Path
+
+    from lafs_core.env import project_home
+
+    # Prefect creates its home without parents and then cannot open its database: make both exist first.
+    for folder in (project_home(), Path(os.environ.get("PREFECT_HOME", project_home() / ".prefect"))):
+        folder.mkdir(parents=True, exist_ok=True)
     from rich.console import Console
     from rich.table import Table
 
