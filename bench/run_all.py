@@ -206,10 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.summarise:
         saved = [json.loads(x) for path in args.summarise for x in path.read_text().splitlines() if x.startswith("{")]
-        records: Records = {}
+        grouped: Records = {}
         for line in saved:
-            records.setdefault(str(line.get("bench")), []).append(line)
-        print(summary_table(check(records), {}))
+            grouped.setdefault(str(line.get("bench")), []).append(line)
+        print(summary_table(check(grouped), {}))
         return 0
     chosen = {k.strip() for k in args.only.split(",") if k.strip()} or {b.key for b in BENCHES}
     log_dir = (args.out.parent if args.out else Path("runs") / "bench") / "logs"

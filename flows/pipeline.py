@@ -87,12 +87,23 @@ def register_task(params: PipelineParams, finetune: StageOutput, metric: str) ->
     return version, aliases
 
 
+# Bookkeeping that says nothing about a stage's result: left out of the summary table.
+HIDDEN_PREFIXES = ("system/", "plan/", "data/", "shards/reused")
+SCHEDULE_METRICS = {"lr", "wd", "epoch", "momentum", "teacher_temp", "step_time", "loss_cls_weight"}
+
+
+def headline_metrics(metrics: dict[str, float], limit: int = 4) -> dict[str, float]:
+    """Up to ``limit`` result metrics: accuracies first, then losses, then the rest by name."""
+    keys = [k for k in metrics if not k.startswith(HIDDEN_PREFIXES) and k.rsplit("/", 1)[-1] not in SCHEDULE_METRICS]
+    keys.sort(key=lambda k: (not k.endswith("/acc"), "loss" not in k, k))
+    return {k: metrics[k] for k in keys[:limit]}
+
+
 def summary_rows(stages: dict[str, StageOutput]) -> list[dict[str, str]]:
     """One row per stage: its run and its headline metrics (for the Prefect table and the CLI)."""
     rows = []
     for name, out in stages.items():
-        shown = {k: v for k, v in sorted(out.metrics.items()) if "/" in k and not k.startswith("system/")}
-        text = ", ".join(f"{k}={v:.4g}" for k, v in list(shown.items())[:4])
+        text = ", ".join(f"{k}={v:.4g}" for k, v in headline_metrics(out.metrics).items())
         rows.append({"stage": name, "mlflow_run": out.run_id, "cached": str(out.cached), "metrics": text})
     return rows
 

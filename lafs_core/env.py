@@ -18,15 +18,21 @@ def project_home() -> Path:
     """
     if env := os.environ.get("LAFS_HOME"):
         return Path(env).resolve()
+    return _checkout() or Path.cwd().resolve()
+
+
+def _checkout() -> Path | None:
+    """The repository this package runs from, when it runs from a clone (not an installed wheel)."""
     repo = Path(__file__).resolve().parent.parent
-    if (repo / "pyproject.toml").is_file():
-        return repo
-    return Path.cwd().resolve()
+    return repo if (repo / "pyproject.toml").is_file() else None
 
 
 def shared_datasets() -> Path:
-    """Root of the real labelled face datasets (``LAFS_SHARED``/datasets, default ``<repo>/../shared``)."""
-    shared = os.environ.get("LAFS_SHARED") or str(project_home().parent / "shared")
+    """Root of the real labelled face datasets: ``$LAFS_SHARED/datasets``, else ``<checkout>/../shared/datasets``.
+
+    The default follows the checkout, not ``LAFS_HOME``, so run outputs can live anywhere.
+    """
+    shared = os.environ.get("LAFS_SHARED") or str((_checkout() or project_home()).parent / "shared")
     return Path(shared).resolve() / "datasets"
 
 

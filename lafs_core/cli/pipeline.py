@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Annotated, Any
 
@@ -71,10 +72,13 @@ def _run(values: dict[str, Any], as_json: bool) -> None:
     )
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     home = os.environ.get("PREFECT_HOME", "")
+    bin_dir = Path(sys.executable).parent
     console.print(
         "Open the UIs:\n"
-        f"  MLflow:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   -> http://127.0.0.1:5000\n"
-        f"  Prefect: PREFECT_HOME={home} prefect server start --host 127.0.0.1   -> http://127.0.0.1:4200",
+        f"  MLflow:  {bin_dir / 'mlflow'} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        "   -> http://127.0.0.1:5000\n"
+        f"  Prefect: PREFECT_HOME={home} {bin_dir / 'prefect'} server start --host 127.0.0.1"
+        "   -> http://127.0.0.1:4200",
         highlight=False,
     )
 

@@ -27,10 +27,20 @@ from lafs_core.train.supervised import (
     Classifier,
     TrainNet,
     accumulation_step,
+    cpu_threads,
     lr_schedule,
     make_plan,
     soft_target_loss,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process steps use one torch thread, as training does on a shared 2-core box (see ``cpu_threads``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_classifier(num_classes: int) -> Classifier:
@@ -80,6 +90,19 @@ def test_three_micro_batches_equal_one_three_times_larger_step(make_optimizer) -
         moved += int(not torch.equal(a, start[name]))
     assert moved > 10
     assert all(p.grad is None for p in accumulated.bare.parameters())
+
+
+def test_cpu_threads_share_the_cores_and_respect_explicit_settings(monkeypatch) -> None:
+    cores = len(os.sched_getaffinity(0))
+    cfg = load_config(FinetuneConfig, preset="tiny", overrides=["num_workers=1"])
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert cpu_threads(cfg) == max(1, cores // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
+    assert cpu_threads(cfg) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads(cfg) == 3
+    assert cpu_threads(cfg.model_copy(update={"cpu_threads": 5})) == 5
 
 
 def test_plan_and_schedule_do_not_depend_on_world_size() -> None:
