@@ -299,7 +299,6 @@ def run_shards(
         for index in todo:
             results[index] = run_shard(plan, index, prepared, landmarks, out_dir, cfg, progress)
     return plan, [results[index] for index in ids]
-    return plan, results
 
 
 def finalize(
