@@ -11,7 +11,7 @@ Three data paths on the same real LFW faces and the same networks (tiny preset b
 
 Prints one JSON line with images/s per path and the ratios.
 
-    .venv/bin/python -m bench.bench_ssl [--preset tiny] [--batch 16] [--iters 3] [--threads N]
+    .venv/bin/python -m bench.bench_ssl [--preset tiny] [--batch 16] [--iters 3] [--threads N] [--min-seconds 3]
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="time each path for at least this long")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,11 +144,12 @@ def main() -> None:
             "online": lambda: step(online, lambda: online.views(images, landmarks)),
             "reference": lambda: step(trainer, lambda: reference(images)),
         }
-        seconds = {name: time_per_call(fn, warmup=1, iters=args.iters) for name, fn in paths.items()}
+        budget = args.min_seconds
+        seconds = {name: time_per_call(fn, 1, args.iters, budget) for name, fn in paths.items()}
         views_only = {
-            "precomputed": time_per_call(lambda: trainer.views(images, landmarks), warmup=0, iters=args.iters),
-            "online": time_per_call(lambda: online.views(images, landmarks), warmup=0, iters=args.iters),
-            "reference": time_per_call(lambda: reference(images), warmup=0, iters=args.iters),
+            "precomputed": time_per_call(lambda: trainer.views(images, landmarks), 1, args.iters, budget),
+            "online": time_per_call(lambda: online.views(images, landmarks), 1, args.iters, budget),
+            "reference": time_per_call(lambda: reference(images), 1, args.iters, budget),
         }
     ips = {name: args.batch / s for name, s in seconds.items()}
     emit(

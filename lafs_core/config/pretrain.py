@@ -71,6 +71,14 @@ class PretrainConfig(StageConfig):
         (0.4, 1.0), description="LAFS locals are full-size crops (official); dino-grid uses dino_local_crops_scale"
     )
     dino_local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    color_jitter_p: float = Field(0.8, ge=0, le=1, description="probability of colour jitter per view (DINO: 0.8)")
+    color_jitter_strength: float = Field(
+        1.0,
+        ge=0,
+        le=2.5,
+        description="factor on the jitter strengths (brightness .4, contrast .4, saturation .2, hue .1)",
+    )
+    grayscale_p: float = Field(0.2, ge=0, le=1, description="probability of greyscale per view (DINO: 0.2)")
     dino_local_size: int = Field(48, ge=8, description="dino-grid local crop side in pixels (48 -> 6x6 tokens)")
     landmarks: Literal["precomputed", "online"] = Field(
         "precomputed", description="shard landmarks through the view affines, or the landmark CNN on every view"

@@ -15,7 +15,8 @@ torchvision's functional ones on the same factors (luma weights are PIL's .299/.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -109,14 +110,19 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) ->
 
 
 def blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-sample sigma (B,), reflect padding: two depthwise convs over the batch."""
+    """Separable Gaussian blur with a per-sample sigma (B,), reflect padding: two depthwise convs over the batch.
+
+    Each pass pads only its own axis (padding both up front makes the first pass convolve 12 extra rows; this is
+    ~1.7x faster on CPU and gives the same values).
+    """
     batch, channels, height, width = x.shape
     taps = torch.arange(BLUR_KERNEL, device=x.device, dtype=x.dtype) - BLUR_KERNEL // 2
     kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None].to(x.device, x.dtype) ** 2))
     kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
     pad = BLUR_KERNEL // 2
-    y = F.pad(x.reshape(1, batch * channels, height, width), (pad, pad, pad, pad), mode="reflect")
+    y = F.pad(x.reshape(1, batch * channels, height, width), (pad, pad, 0, 0), mode="reflect")
     y = F.conv2d(y, kernel[:, None, None, :], groups=batch * channels)
+    y = F.pad(y, (0, 0, pad, pad), mode="reflect")
     y = F.conv2d(y, kernel[:, None, :, None], groups=batch * channels)
     return y.view(batch, channels, height, width)
 
@@ -127,8 +133,38 @@ def solarize(x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class PhotometricDraws:
+    """One batch's random draws of a :class:`PhotometricAugment` (per sample, on the CPU)."""
+
+    jitter: torch.Tensor
+    factors: torch.Tensor
+    order: torch.Tensor
+    grey: torch.Tensor
+    blur: torch.Tensor
+    sigma: torch.Tensor
+    solarize: torch.Tensor
+
+
+def _apply_where(x: torch.Tensor, mask: torch.Tensor, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """``op(rows, ids)`` on the rows of ``x`` selected by ``mask`` (in place where possible); returns ``x``."""
+    idx = torch.nonzero(mask).squeeze(1)
+    if idx.numel() == x.shape[0]:
+        return op(x, idx).contiguous()
+    if idx.numel():
+        rows = idx.to(x.device)
+        x.index_copy_(0, rows, op(x.index_select(0, rows), idx))
+    return x
+
+
+@dataclass(frozen=True)
 class PhotometricAugment:
-    """One view type's photometric pipeline with per-sample probabilities."""
+    """One view type's photometric pipeline with per-sample probabilities.
+
+    ``aug(images, generator)`` runs jitter -> greyscale -> blur -> solarize on whole images (DINO's order). The
+    SSL views split it: :meth:`draw` once, :meth:`blur_where` on the source images before the patches are sampled
+    and :meth:`colour` (jitter, greyscale, solarize: per-pixel ops) on the sampled tokens only, which touches
+    3-12x fewer pixels than whole images at the tiny preset.
+    """
 
     blur_p: float
     solarize_p: float = 0.0
@@ -142,29 +178,46 @@ class PhotometricAugment:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a batch; random draws come from ``generator`` (CPU) so results are reproducible per seed."""
-        batch = images.shape[0]
-        device = images.device
-        draws = torch.rand(batch, 9, generator=generator)
+        return self.colour(images, self.draw(images.shape[0], generator), with_blur=True)
+
+    def draw(self, batch: int, generator: torch.Generator | None = None) -> PhotometricDraws:
+        """Every random choice of a batch: which ops apply to which sample, the jitter factors and op order."""
+        u = torch.rand(batch, 9, generator=generator)
         order = torch.argsort(torch.rand(batch, 4, generator=generator), dim=1)
-        perm, groups = hue_order(order, draws[:, 0] < self.jitter_p)
-        on_device = perm.to(device)
-        x = images.index_select(0, on_device).to(torch.float32)
-        draws, order = draws[perm], order[perm]
-        if groups[-1] < batch:
-            jitter_sorted_(x, self.jitter_factors(draws[:, 5:]), order, groups)
-        _, grey, blur_on, sigma_u, solar = draws[:, :5].unbind(dim=1)
         low, high = self.blur_sigma
-        for mask, op in (
-            (grey < self.grey_p, lambda sub, _: greyscale(sub).expand(-1, 3, -1, -1)),
-            (blur_on < self.blur_p, lambda sub, idx: blur(sub, low + sigma_u[idx] * (high - low))),
-            (solar < self.solarize_p, lambda sub, _: solarize(sub)),
-        ):
-            idx = torch.nonzero(mask).squeeze(1)
-            if idx.numel() == batch:
-                x = op(x, idx).contiguous()
-            elif idx.numel():
-                rows = idx.to(device)
-                x.index_copy_(0, rows, op(x.index_select(0, rows), idx))
+        return PhotometricDraws(
+            jitter=u[:, 0] < self.jitter_p,
+            factors=self.jitter_factors(u[:, 5:]),
+            order=order,
+            grey=u[:, 1] < self.grey_p,
+            blur=u[:, 2] < self.blur_p,
+            sigma=low + u[:, 3] * (high - low),
+            solarize=u[:, 4] < self.solarize_p,
+        )
+
+    def blur_where(self, images: torch.Tensor, draws: PhotometricDraws) -> torch.Tensor:
+        """Float32 copy of ``images`` with the drawn samples blurred."""
+        x = images.to(torch.float32, copy=True)
+        return _apply_where(x, draws.blur, lambda sub, idx: blur(sub, draws.sigma[idx]))
+
+    def colour(self, images: torch.Tensor, draws: PhotometricDraws, with_blur: bool = False) -> torch.Tensor:
+        """Jitter -> greyscale -> (blur) -> solarize of (B, 3, H, W) images as drawn; float32 0..255, a new tensor.
+
+        Without blur every op is per pixel (contrast uses the mean grey of what it is given), so ``images`` may be
+        any (B, 3, N, 1) arrangement of pixels, e.g. the sampled patch tokens of a view.
+        """
+        batch, device = images.shape[0], images.device
+        perm, groups = hue_order(draws.order, draws.jitter)
+        x = images.index_select(0, perm.to(device)).to(torch.float32)
+        if groups[-1] < batch:
+            jitter_sorted_(x, draws.factors[perm], draws.order[perm], groups)
+        sigma = draws.sigma[perm]
+        ops = [(draws.grey[perm], lambda sub, _: greyscale(sub).expand(-1, 3, -1, -1))]
+        if with_blur:
+            ops.append((draws.blur[perm], lambda sub, idx: blur(sub, sigma[idx])))
+        ops.append((draws.solarize[perm], lambda sub, _: solarize(sub)))
+        for mask, op in ops:
+            x = _apply_where(x, mask, op)
         return x.index_select(0, torch.argsort(perm).to(device)).clamp_(0, MAX_VALUE)
 
     def jitter_factors(self, u: torch.Tensor) -> torch.Tensor:
@@ -177,3 +230,19 @@ class PhotometricAugment:
 GLOBAL_1 = PhotometricAugment(blur_p=1.0)
 GLOBAL_2 = PhotometricAugment(blur_p=0.1, solarize_p=0.2)
 LOCAL = PhotometricAugment(blur_p=0.5)
+
+
+def recipe(
+    jitter_p: float = 0.8, jitter_strength: float = 1.0, grey_p: float = 0.2
+) -> tuple[PhotometricAugment, PhotometricAugment, PhotometricAugment]:
+    """(GLOBAL_1, GLOBAL_2, LOCAL) with the colour-jitter probability, a factor on all four jitter strengths (as
+    SimCLR's ``s``) and the greyscale probability replaced; the defaults give the DINO/LAFS recipe unchanged."""
+    changes = {
+        "jitter_p": jitter_p,
+        "grey_p": grey_p,
+        "brightness": 0.4 * jitter_strength,
+        "contrast": 0.4 * jitter_strength,
+        "saturation": 0.2 * jitter_strength,
+        "hue": 0.1 * jitter_strength,
+    }
+    return tuple(replace(aug, **changes) for aug in (GLOBAL_1, GLOBAL_2, LOCAL))

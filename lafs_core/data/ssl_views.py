@@ -4,9 +4,13 @@ LAFS (``method="lafs"``): ``G`` global views keep all R landmarks in canonical o
 subset of ``n`` landmarks drawn with or without replacement in random order (the "shuffle": the model's position
 slots follow the sequence position, not the landmark id). Every landmark coordinate of every view gets Gaussian
 noise of ``sigma`` pixels (the "perturbation"). Geometric crops/flips never touch pixels: each view is an affine
-(``lafs_core.data.views``) and its patches are sampled straight from the photometrically augmented source image.
-Photometric ops (G1: blur 1.0; G2: blur 0.1 + solarize 0.2; locals: blur 0.5) run per view on the source image
-before sampling, so the blur sigma is in source pixels.
+(``lafs_core.data.views``) and its patches are sampled straight from the source image.
+Photometric ops follow DINO's per-view recipe (G1: blur 1.0; G2: blur 0.1 + solarize 0.2; locals: blur 0.5; colour
+jitter and greyscale as configured) but run where they are cheapest: the blur on the source image before sampling
+(its sigma is in source pixels), then colour jitter, greyscale and solarize on the sampled patch pixels only. Those
+are per-pixel ops, so this equals jittering the image except that (a) the blur comes before the jitter instead of
+after it (equal for the linear ops up to clamping), (b) bilinear taps are jittered after interpolation, and (c) the
+contrast op blends towards the mean grey of the view's patches rather than of the whole image.
 
 Landmarks are either the shards' precomputed ones mapped into each view (``"precomputed"``) or the frozen
 landmark CNN's prediction on every clean warped view (``"online"``, paper-exact: fp32, eval mode, no gradient).
@@ -23,7 +27,7 @@ import torch
 from torch import nn
 
 from lafs_core.config.pretrain import PretrainConfig
-from lafs_core.data.augment import GLOBAL_1, GLOBAL_2, LOCAL
+from lafs_core.data.augment import recipe
 from lafs_core.data.normalize import normalize
 from lafs_core.data.views import Views, ViewSpec, crop_affine, random_boxes, render_views, sample_views
 from lafs_core.models.sampler import grid_landmarks, sample_patches
@@ -80,7 +84,8 @@ class SSLViewMaker:
         self.model_cfg = cfg.model
         self.convention = "centered" if cfg.method == "dino-grid" else cfg.model.sampler_convention
         self.generator = torch.Generator().manual_seed(seed)
-        self.augs = [GLOBAL_1, GLOBAL_2][: cfg.global_views]
+        *global_augs, self.local_aug = recipe(cfg.color_jitter_p, cfg.color_jitter_strength, cfg.grayscale_p)
+        self.augs = global_augs[: cfg.global_views]
         if cfg.method == "lafs":
             if flip_perm is None:
                 raise ValueError("LAFS views need the shards' landmark flip permutation")
@@ -97,14 +102,34 @@ class SSLViewMaker:
             raise ValueError("LAFS views need landmarks")
         return self._lafs_views(images, landmarks)
 
-    def _augmented_sources(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Per view, the normalised, photometrically augmented source images (B, 3, H, W); locals in one call."""
-        cfg = self.cfg
-        out = [normalize(aug(images, self.generator)) for aug in self.augs[: cfg.global_views]]
-        if cfg.local_views:
-            local = LOCAL(images.repeat(cfg.local_views, 1, 1, 1), self.generator)
-            out.extend(normalize(chunk) for chunk in local.chunk(cfg.local_views))
-        return out
+    def _view_tokens(
+        self, images: torch.Tensor, points: list[torch.Tensor], affines: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Normalised tokens of every view: blur the source as drawn, sample the patches at ``points`` through
+        ``affines``, then colour-jitter / greyscale / solarize the sampled pixels only.
+
+        The sources are centred (x - 127.5) before sampling so that out-of-image taps read mid-grey, which is 0 after
+        normalisation, as sampling a normalised image would. The locals share one draw and one colour call.
+        """
+        batch, patch = images.shape[0], self.model_cfg.patch_size
+        groups = [(aug, [v]) for v, aug in enumerate(self.augs)]
+        if len(points) > len(self.augs):
+            groups.append((self.local_aug, list(range(len(self.augs), len(points)))))
+        tokens: list[torch.Tensor] = [images.new_empty(0)] * len(points)
+        for aug, views in groups:
+            draws = aug.draw(batch * len(views), self.generator)
+            sources = aug.blur_where(images.repeat(len(views), 1, 1, 1), draws).sub_(127.5).chunk(len(views))
+            raw = torch.cat(
+                [
+                    sample_patches(src, points[v], patch, self.convention, affines[v])
+                    for v, src in zip(views, sources, strict=True)
+                ]
+            ).add_(127.5)
+            pixels = raw.view(raw.shape[0], -1, 3).transpose(1, 2).unsqueeze(-1)
+            coloured = normalize(aug.colour(pixels, draws)).squeeze(-1).transpose(1, 2).reshape(raw.shape)
+            for v, chunk in zip(views, coloured.chunk(len(views)), strict=True):
+                tokens[v] = chunk
+        return tokens
 
     def _lafs_views(self, images: torch.Tensor, landmarks: torch.Tensor) -> SSLViews:
         cfg, mcfg = self.cfg, self.model_cfg
@@ -127,18 +152,14 @@ class SSLViewMaker:
             for v in range(spec.num_views):
                 affines.append(view_affine[:, v])
                 points.append(view_points[:, v])
-        num_views = len(affines)
-        sources = self._augmented_sources(images)
-        tokens, used = [], []
-        for v in range(num_views):
-            pts = points[v]
+        used = []
+        for v, pts in enumerate(points):
             if v >= cfg.global_views:
                 ids = subset_indices(batch, pts.shape[1], cfg.subset_size, cfg.subset_replacement, self.generator)
                 pts = torch.gather(pts, 1, ids.to(pts.device)[..., None].expand(-1, -1, 2))
-            pts = perturb(pts, cfg.sigma, self.generator)
-            tokens.append(sample_patches(sources[v], pts, mcfg.patch_size, self.convention, affines[v]))
-            used.append(pts)
-        return SSLViews(tokens, used, affines, [size] * num_views, cfg.global_views)
+            used.append(perturb(pts, cfg.sigma, self.generator))
+        tokens = self._view_tokens(images, used, affines)
+        return SSLViews(tokens, used, affines, [size] * len(affines), cfg.global_views)
 
     @torch.no_grad()
     def _predict(self, images: torch.Tensor, views: Views) -> torch.Tensor:
@@ -168,9 +189,4 @@ class SSLViewMaker:
                 affines.append(crop_affine(boxes, flipped, view_size).to(images.device))
                 points.append(grid.expand(batch, -1, -1))
                 sizes.append(view_size)
-        sources = self._augmented_sources(images)
-        tokens = [
-            sample_patches(src, pts, mcfg.patch_size, self.convention, aff)
-            for src, pts, aff in zip(sources, points, affines, strict=True)
-        ]
-        return SSLViews(tokens, points, affines, sizes, cfg.global_views)
+        return SSLViews(self._view_tokens(images, points, affines), points, affines, sizes, cfg.global_views)

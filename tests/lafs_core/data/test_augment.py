@@ -3,6 +3,8 @@ probabilities; the batch permutation used internally is undone."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torchvision.transforms.functional as TF
@@ -16,6 +18,7 @@ from lafs_core.data.augment import (
     blur,
     color_jitter,
     greyscale,
+    recipe,
 )
 
 REFERENCE = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
@@ -117,3 +120,17 @@ def test_view_presets_and_reproducibility():
     floats = x.float()
     GLOBAL_1(floats, torch.Generator().manual_seed(5))
     assert torch.equal(floats, before.float())
+
+
+def test_recipe_defaults_are_dino_and_strength_scales_the_jitter():
+    assert recipe() == (GLOBAL_1, GLOBAL_2, LOCAL)
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    plain = replace(LOCAL, jitter_p=0.0, grey_p=0.0)
+    _, _, zero = recipe(jitter_p=1.0, jitter_strength=0.0, grey_p=0.0)
+    reference = plain(x, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(zero(x, torch.Generator().manual_seed(3)), reference, atol=1e-3, rtol=0)
+    change = []
+    for strength in (0.25, 1.0, 2.0):
+        _, _, aug = recipe(jitter_p=1.0, jitter_strength=strength, grey_p=0.0)
+        change.append((aug(x, torch.Generator().manual_seed(3)) - reference).abs().mean().item())
+    assert change[0] < change[1] < change[2]

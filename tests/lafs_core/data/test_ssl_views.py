@@ -8,10 +8,11 @@ import torch
 
 from lafs_core.config import load_config
 from lafs_core.config.pretrain import PretrainConfig
+from lafs_core.data.augment import PhotometricAugment
 from lafs_core.data.normalize import normalize
 from lafs_core.data.ssl_views import SSLViewMaker, perturb, subset_indices
 from lafs_core.models.landmark_cnn import LandmarkCNN
-from lafs_core.models.sampler import grid_landmarks, warp_images
+from lafs_core.models.sampler import grid_landmarks, sample_patches, warp_images
 
 
 def _grid_flip_perm(side: int) -> torch.Tensor:
@@ -127,3 +128,35 @@ def test_dino_grid_multicrop() -> None:
     crop_scale = (local_affine[:, 0, 0].abs() * local_affine[:, 1, 1] * 48 * 48) / (112 * 112)
     assert bool(((crop_scale >= 0.05 - 1e-4) & (crop_scale <= 0.4 + 1e-4)).all())
     torch.testing.assert_close(views.landmarks[2][0], grid_landmarks(48, 8, "centered"))
+
+
+def _views_with(aug: PhotometricAugment, images: torch.Tensor, *overrides: str):
+    maker = SSLViewMaker(_cfg("local_views=2", *overrides), _grid_flip_perm(7), seed=11)
+    maker.augs = [aug, aug]
+    maker.local_aug = aug
+    return maker(images, grid_landmarks(112, 16, "centered").expand(images.shape[0], -1, -1))
+
+
+def test_token_colour_equals_sampling_the_jittered_image() -> None:
+    """Photometric ops run on the sampled tokens: with nothing drawn the tokens are the patches of the normalised
+    image (perturbed points reach outside it, where taps read 0), and a brightness factor scales every token pixel
+    of a sample alike, as brightening the image before sampling would."""
+    images = _faces(6) // 2
+    views = _views_with(PhotometricAugment(blur_p=0.0, jitter_p=0.0, grey_p=0.0), images, "sigma=6.0")
+    for v, tokens in enumerate(views.tokens):
+        expected = sample_patches(normalize(images), views.landmarks[v], 8, "centered", views.affines[v])
+        torch.testing.assert_close(tokens, expected, atol=1e-4, rtol=0)
+    bright = PhotometricAugment(blur_p=0.0, jitter_p=1.0, grey_p=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+    full = ("sigma=0", "global_crops_scale=[1.0, 1.0]", "local_crops_scale=[1.0, 1.0]")
+    views = _views_with(bright, images, *full)
+    factors = []
+    for v, tokens in enumerate(views.tokens):
+        plain = sample_patches(images.float(), views.landmarks[v], 8, "centered", views.affines[v])
+        ratio = (tokens + 1) * 127.5 / plain.clamp_min(1.0)
+        keep = plain > 20
+        per_sample = torch.stack([r[k].median() for r, k in zip(ratio, keep, strict=True)])
+        torch.testing.assert_close(ratio[keep], per_sample[:, None, None].expand_as(ratio)[keep], atol=1e-3, rtol=0)
+        factors.append(per_sample)
+    factors = torch.cat(factors)
+    assert bool(((factors > 0.6 - 1e-3) & (factors < 1.4 + 1e-3)).all())
+    assert float(factors.std()) > 0.05
