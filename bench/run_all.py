@@ -59,7 +59,7 @@ BENCHES = (
     Bench(
         "eval",
         "bench.bench_eval",
-        ("--images", "256", "--batch-size", "64"),
+        ("--images", "128", "--batch-size", "64"),
         ("--images", "8192", "--batch-size", "512", "--device", "cuda"),
     ),
     Bench("mfu", "bench.bench_mfu", ("--presets", "tiny,small"), ("--gpu", "--presets", "small,base")),

@@ -370,6 +370,7 @@ class Trainer:
             "koleo": float(koleo.detach()),
             "grad_norm": grad_norm,
             "teacher_entropy": self.loss_fn.last_teacher_entropy(),
+            "student_teacher_kl": float(dino.detach()) - self.loss_fn.last_teacher_entropy(),
             **values,
         }
 
