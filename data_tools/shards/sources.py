@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from data_tools.readers import FaceReader, open_reader
-from data_tools.readers.base import decode_rgb
+from data_tools.readers.base import decode_rgb, detect_format
 from lafs_core.errors import DataError
 
 
@@ -140,7 +140,8 @@ def open_source(
     """
     if is_fewshot_list(path):
         fewshot, path = path, fewshot_list(path)[0]
-    reader = open_reader(path)
+    options = {"sniff": False} if detect_format(path) == "image-folder" else {}
+    reader = open_reader(path, **options)
     if hasattr(reader, "items") and hasattr(reader, "root"):
         entries, loader = _folder_entries(reader)
     elif hasattr(reader, "image_keys") and hasattr(reader, "labels"):

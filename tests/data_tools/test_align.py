@@ -21,6 +21,7 @@ from data_tools.align import (
     estimate_similarity,
     fixed_crop,
     transform_points,
+    warp,
 )
 from lafs_core.errors import DataError
 
@@ -96,6 +97,8 @@ def test_fixed_crop_is_the_documented_box_resized(lfw_root: Path) -> None:
     box = image[53:181, 61:189]
     assert box.shape == (128, 128, 3)
     expected = cv2.resize(box, (112, 112), interpolation=cv2.INTER_LINEAR)
-    assert np.abs(aligned.astype(float) - expected).mean() < 1.5
+    assert np.array_equal(aligned, expected)
+    warped = warp(image, LFW_DEEPFUNNELED.matrix()).astype(float)  # the same geometry through the general path
+    assert np.abs(warped - expected).mean() < 0.5
     with pytest.raises(DataError, match="100x120 image, but the lfw-deepfunneled crop expects"):
         fixed_crop(np.zeros((120, 100, 3), np.uint8), source="x.jpg")

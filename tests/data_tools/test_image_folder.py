@@ -109,6 +109,17 @@ def test_mixed_tree_sniffing_bad_corrupt_and_labels(tmp_path: Path, shared_datas
     assert folder.unreadable[-1].file.endswith("broken.jpg") and "does not decode" in folder.unreadable[-1].reason
 
 
+def test_trusting_suffixes_lists_without_reading_and_fails_at_decode(tmp_path: Path, shared_datasets: Path) -> None:
+    _mixed_tree(tmp_path / "faces", shared_datasets / "yalefaces/yalefaces/subject01.happy")
+    folder = ImageFolder(tmp_path / "faces", sniff=False)
+    keys = [i.key for i in folder.items]
+    assert "bob/fake.jpg" in keys and "alice/extra/noext" in keys  # suffix trusted; no suffix still sniffed
+    assert [Path(u.file).name for u in folder.unreadable] == ["stray.png"]
+    decoded = {r.key for r in folder}
+    assert "bob/fake.jpg" not in decoded
+    assert {Path(u.file).name for u in folder.unreadable} == {"stray.png", "fake.jpg", "broken.jpg"}
+
+
 def test_flat_layout_option_and_identity_regex(tmp_path: Path) -> None:
     for name in ("p1_a.png", "p1_b.png", "p2_a.png"):
         (tmp_path / name).write_bytes(_png((5, 5, 5)))
