@@ -175,19 +175,25 @@ def _sinkhorn_worker(rank: int, world: int, port: int, logits: torch.Tensor, que
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_sinkhorn_all_reduce_with_two_processes_equals_one_process() -> None:
-    logits = torch.randn(12, 16, generator=torch.Generator().manual_seed(3)) * 4
+def _run_two_ranks(worker, *args) -> dict:
+    """Run ``worker(rank, 2, port, *args, queue)`` on 2 spawned gloo ranks; {rank: result}, both exit 0."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_sinkhorn_worker, args=(r, 2, port, logits, queue)) for r in range(2)]
+    procs = [ctx.Process(target=worker, args=(r, 2, port, *args, queue)) for r in range(2)]
     for p in procs:
         p.start()
     results = dict(queue.get(timeout=120) for _ in procs)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return results
+
+
+@pytest.mark.slow
+def test_sinkhorn_all_reduce_with_two_processes_equals_one_process() -> None:
+    logits = torch.randn(12, 16, generator=torch.Generator().manual_seed(3)) * 4
+    results = _run_two_ranks(_sinkhorn_worker, logits)
     shifted = torch.cat([logits[:6], logits[6:] + 1])
     expected = reference_sinkhorn(shifted, 3)
     torch.testing.assert_close(torch.tensor(results[0] + results[1]), expected, rtol=1e-5, atol=1e-7)
@@ -195,16 +201,7 @@ def test_sinkhorn_all_reduce_with_two_processes_equals_one_process() -> None:
 
 @pytest.mark.slow
 def test_center_all_reduce_with_two_processes() -> None:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_centre_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = _run_two_ranks(_centre_worker)
     # rank 0: 4 rows of 1.0, rank 1: 6 rows of 2.0 -> global mean 16/10 = 1.6; centre = 0.5 * 1.6.
     expected = torch.full((1, 4), 0.8)
     torch.testing.assert_close(torch.tensor(results[0]), expected)
