@@ -140,8 +140,8 @@ def open_source(
     """
     if is_fewshot_list(path):
         fewshot, path = path, fewshot_list(path)[0]
-    options = {"sniff": False} if detect_format(path) == "image-folder" else {}
-    reader = open_reader(path, **options)
+    name = detect_format(path)
+    reader = open_reader(path, name, **({"sniff": False} if name == "image-folder" else {}))
     if hasattr(reader, "items") and hasattr(reader, "root"):
         entries, loader = _folder_entries(reader)
     elif hasattr(reader, "image_keys") and hasattr(reader, "labels"):

@@ -145,7 +145,9 @@ class PhotometricDraws:
     solarize: torch.Tensor
 
 
-def _apply_where(x: torch.Tensor, mask: torch.Tensor, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+def _apply_where(
+    x: torch.Tensor, mask: torch.Tensor, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """``op(rows, ids)`` on the rows of ``x`` selected by ``mask`` (in place where possible); returns ``x``."""
     idx = torch.nonzero(mask).squeeze(1)
     if idx.numel() == x.shape[0]:
@@ -237,12 +239,15 @@ def recipe(
 ) -> tuple[PhotometricAugment, PhotometricAugment, PhotometricAugment]:
     """(GLOBAL_1, GLOBAL_2, LOCAL) with the colour-jitter probability, a factor on all four jitter strengths (as
     SimCLR's ``s``) and the greyscale probability replaced; the defaults give the DINO/LAFS recipe unchanged."""
-    changes = {
-        "jitter_p": jitter_p,
-        "grey_p": grey_p,
-        "brightness": 0.4 * jitter_strength,
-        "contrast": 0.4 * jitter_strength,
-        "saturation": 0.2 * jitter_strength,
-        "hue": 0.1 * jitter_strength,
-    }
-    return tuple(replace(aug, **changes) for aug in (GLOBAL_1, GLOBAL_2, LOCAL))
+    return tuple(
+        replace(
+            aug,
+            jitter_p=jitter_p,
+            grey_p=grey_p,
+            brightness=aug.brightness * jitter_strength,
+            contrast=aug.contrast * jitter_strength,
+            saturation=aug.saturation * jitter_strength,
+            hue=aug.hue * jitter_strength,
+        )
+        for aug in (GLOBAL_1, GLOBAL_2, LOCAL)
+    )

@@ -364,13 +364,14 @@ class Trainer:
         ema_update(self.teacher, self.student, values["momentum"])
         self.step += 1
         grad_norm = float(np.sqrt(np.sum(np.square(norms)))) if norms else 0.0
+        dino_loss, entropy = float(dino.detach()), self.loss_fn.last_teacher_entropy()
         return {
             "loss": float(loss.detach()),
-            "dino_loss": float(dino.detach()),
+            "dino_loss": dino_loss,
             "koleo": float(koleo.detach()),
             "grad_norm": grad_norm,
-            "teacher_entropy": self.loss_fn.last_teacher_entropy(),
-            "student_teacher_kl": float(dino.detach()) - self.loss_fn.last_teacher_entropy(),
+            "teacher_entropy": entropy,
+            "student_teacher_kl": dino_loss - entropy,
             **values,
         }
 
