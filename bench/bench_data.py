@@ -1,8 +1,9 @@
 """Data-path throughput (protocols.md 4.3 and 4.4), one JSON line each.
 
-1. Landmark precompute (decode + align + landmark model + JPEG + shard write) vs decode-only on the same files, the
-   same thread count: images/s and their ratio.
-   A 16-image warm-up run does the imports first; the landmark model's load is inside the timed region.
+1. Landmark precompute (decode + align + landmark model + JPEG + shard write) vs decode-only on the same files (copied
+   to a temporary identity folder, read by both), with ``--workers`` decode processes vs as many decode threads:
+   images/s, their ratio, and the CPU time per image of the writing process and of the workers.
+   A 16-image warm-up run does the imports first; the landmark model's load and the workers' start are timed.
 2. Shard loader: decode + geometric landmark views (affines) + batched photometric augmentation of every view:
    samples/s.
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,12 +51,20 @@ def decode_rate(files: list[Path], workers: int) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def link_folder(files: list[Path], dest: Path) -> Path:
-    """An identity-folder view of ``files`` made of symlinks."""
+def copy_folder(files: list[Path], dest: Path) -> list[Path]:
+    """Copies of ``files`` in an identity-folder tree at ``dest`` (real files: a symlink costs a stat per listing)."""
+    copies = []
     for path in files:
         (dest / path.parent.name).mkdir(parents=True, exist_ok=True)
-        (dest / path.parent.name / path.name).symlink_to(path)
-    return dest
+        copies.append(Path(shutil.copyfile(path, dest / path.parent.name / path.name)))
+    return copies
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by this process and by its finished child processes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def loader_rate(shard_dir: Path, batch_size: int, workers: int, views: int, batches: int) -> tuple[float, float]:
@@ -94,9 +105,9 @@ def main() -> None:
     parser.add_argument("--loader-batches", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.workers)
-    files = pick_files(args.source, args.images)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = link_folder(files, Path(tmp) / "faces")
+        folder = Path(tmp) / "faces"
+        files = copy_folder(pick_files(args.source, args.images), folder)
         cfg = load_config(
             ShardsConfig,
             preset=args.preset,
@@ -108,11 +119,15 @@ def main() -> None:
             ],
         )
         decode_rate(files[:50], args.workers)
-        precompute(link_folder(files[:16], Path(tmp) / "warm"), Path(tmp) / "warm-shards", cfg)
+        warm = Path(tmp) / "warm"
+        copy_folder(pick_files(args.source, 16), warm)
+        precompute(warm, Path(tmp) / "warm-shards", cfg)
         decode = decode_rate(files, args.workers)
+        own, children = cpu_seconds()
         start = time.perf_counter()
         result = precompute(folder, Path(tmp) / "shards", cfg)
         rate = result.info["num_samples"] / (time.perf_counter() - start)
+        own_after, children_after = cpu_seconds()
         print(
             json.dumps(
                 {
@@ -124,6 +139,10 @@ def main() -> None:
                     "precompute_images_per_s": round(rate, 1),
                     "decode_images_per_s": round(decode, 1),
                     "ratio": round(rate / decode, 4),
+                    "cpu_ms_per_image": {
+                        "writer": round(1e3 * (own_after - own) / len(files), 3),
+                        "workers": round(1e3 * (children_after - children) / len(files), 3),
+                    },
                 }
             )
         )

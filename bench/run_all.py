@@ -47,7 +47,7 @@ BENCHES = (
     Bench(
         "data",
         "bench.bench_data",
-        ("--images", "500", "--preset", "tiny", "--batch-size", "32", "--loader-batches", "8"),
+        ("--images", "4000", "--preset", "tiny", "--batch-size", "32", "--loader-batches", "8"),
         ("--images", "4000", "--preset", "base", "--workers", "8", "--batch-size", "128", "--loader-batches", "20"),
     ),
     Bench(

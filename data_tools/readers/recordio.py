@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,14 +107,21 @@ class RecordFile:
         except OSError as exc:
             raise DataError(self.path, f"cannot open: {exc.strerror}") from exc
         self._handle: BinaryIO | None = None
-        self._pid = 0
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def read_at(self, offset: int) -> bytes:
-        """The payload of the record that starts at ``offset`` (one open handle per process)."""
-        if self._handle is None or self._pid != os.getpid():
-            self._handle, self._pid = open(self.path, "rb"), os.getpid()  # noqa: SIM115 - kept for random access
-        self._handle.seek(offset)
-        return self._read(self._handle, offset)[0]
+        """The payload of the record that starts at ``offset`` (one open handle per process, shared by its threads).
+
+        A forked child gets its own handle (a shared one would share the file position with the parent) and lock.
+        """
+        if self._pid != os.getpid():
+            self._handle, self._lock, self._pid = None, threading.Lock(), os.getpid()
+        with self._lock:
+            if self._handle is None:
+                self._handle = open(self.path, "rb")  # noqa: SIM115 - kept for random access
+            self._handle.seek(offset)
+            return self._read(self._handle, offset)[0]
 
     def stream(self) -> Iterator[tuple[int, bytes]]:
         """(offset, payload) of every record, in file order, with one buffered sequential read."""

@@ -57,12 +57,18 @@ def landmark_stats(landmarks: np.ndarray) -> dict[str, float]:
 
 
 def landmark_stats_batch(landmarks: np.ndarray) -> list[dict[str, float]]:
-    """:func:`landmark_stats` of every sample of a (B, R, 2) batch, computed in one pass (same values)."""
-    lmk = np.asarray(landmarks, dtype=np.float64)
-    centre = lmk.mean(axis=1)
-    low = lmk.min(axis=1)
-    high = lmk.max(axis=1)
-    spread = np.sqrt(((lmk - centre[:, None, :]) ** 2).sum(axis=2).mean(axis=1))
+    """:func:`landmark_stats` of every sample of a (B, R, 2) batch, computed in one pass (same values).
+
+    Coordinates are laid out (B, 2, R) first: numpy reduces a contiguous last axis ~20x faster than the strided
+    middle axis of (B, R, 2), which made these statistics cost more per sample than writing it; the spread reuses
+    the one buffer.
+    """
+    xy = np.array(np.asarray(landmarks).transpose(0, 2, 1), dtype=np.float64, order="C")
+    centre = xy.mean(axis=2)
+    low = xy.min(axis=2)
+    high = xy.max(axis=2)
+    offsets = np.subtract(xy, centre[:, :, None], out=xy)
+    spread = np.sqrt(np.square(offsets, out=offsets).sum(axis=1).mean(axis=1))
     columns = np.stack([centre[:, 0], centre[:, 1], low[:, 0], high[:, 0], low[:, 1], high[:, 1], spread], axis=1)
     names = ("lmk_mean_x", "lmk_mean_y", "lmk_min_x", "lmk_max_x", "lmk_min_y", "lmk_max_y", "lmk_std")
     return [dict(zip(names, row, strict=True)) for row in columns.tolist()]

@@ -2,12 +2,12 @@
 
 The plan (which sample goes to which shard, under which key) depends only on the source listing, the config and
 the landmark model, never on timing: samples are sorted by key, then permuted with the config's seed (a global
-shuffle, so identity-sorted datasets are spread over all shards). Inputs are decoded, aligned and JPEG-encoded in a
-thread pool a bounded window ahead of the consumer (across shard boundaries), while the main thread runs the landmark
-model on one batch at a time and streams the finished samples into ``shard-NNNNNN.tar`` (written atomically), then a
-small ``.parts/shard-NNNNNN.json`` record (checksum, rows, skipped inputs). A rerun reuses every shard whose record
-matches the plan and whose bytes still hash to the recorded sha256, and redoes the rest; ``finalize`` then writes
-``manifest.parquet`` and ``_info.json``.
+shuffle, so identity-sorted datasets are spread over all shards). Inputs are decoded, aligned and JPEG-encoded by
+worker processes (``prepare.py``) a bounded window ahead of the consumer (across shard boundaries), while this process
+runs the landmark model on one batch at a time and streams the finished samples into ``shard-NNNNNN.tar`` (written
+atomically), then a small ``.parts/shard-NNNNNN.json`` record (checksum, rows, skipped inputs). A rerun reuses every
+shard whose record matches the plan and whose bytes still hash to the recorded sha256, and redoes the rest;
+``finalize`` then writes ``manifest.parquet`` and ``_info.json``.
 """
 
 from __future__ import annotations
@@ -16,23 +16,19 @@ import hashlib
 import json
 import logging
 import re
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from data_tools.shards.alignment import describe as describe_alignment
-from data_tools.shards.alignment import make_aligner
 from data_tools.shards.landmark_sources import LandmarkSource, flip_permutation, open_landmark_source
 from data_tools.shards.manifest import FORMAT, landmark_stats_batch, write_info, write_manifest
+from data_tools.shards.prepare import Prepared, Preparer, prepared_inputs
 from data_tools.shards.sources import Entry, FaceSource, open_source
-from data_tools.shards.writer import ShardSample, atomic_write_bytes, encode_jpeg, file_sha256, write_shard
+from data_tools.shards.writer import ShardSample, atomic_write_bytes, file_sha256, write_shard
 from lafs_core.config.data import ShardsConfig
 from lafs_core.config.loader import config_to_dict
 from lafs_core.errors import DataError
@@ -40,8 +36,8 @@ from lafs_core.errors import DataError
 log = logging.getLogger(__name__)
 
 PARTS = ".parts"
+KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 Progress = Callable[[int], None]
-Prepared = tuple[bytes, np.ndarray | None] | str
 
 
 def shard_name(index: int) -> str:
@@ -51,7 +47,7 @@ def shard_name(index: int) -> str:
 
 def sample_key(position: int, source_key: str) -> str:
     """``__key__`` of the sample at plan position ``position``: unique, dot-free, readable."""
-    return f"{position:07d}_{re.sub(r'[^A-Za-z0-9_-]', '_', source_key)}"
+    return f"{position:07d}_{KEY_UNSAFE.sub('_', source_key)}"
 
 
 @dataclass
@@ -127,52 +123,6 @@ def load_part(out_dir: Path, name: str, fingerprint: str) -> ShardResult | None:
     if record.get("fingerprint") != fingerprint or record.get("sha256") != file_sha256(shard):
         return None
     return ShardResult(**record, reused=True)
-
-
-class Preparer:
-    """Decode -> align -> JPEG for one input, run in worker threads."""
-
-    def __init__(self, source: FaceSource, cfg: ShardsConfig, decode_stored: bool = True) -> None:
-        self.source = source
-        self.align = make_aligner(cfg.align, cfg.model.image_size)
-        self.quality = cfg.jpeg_quality
-        self.decode_stored = decode_stored
-
-    def __call__(self, entry: Entry) -> Prepared:
-        """(JPEG bytes, the decoded JPEG) of the aligned face, or the reason it was skipped.
-
-        The image stays in OpenCV's BGR order from decode to encode (the aligners resample each channel alike, so
-        this gives the same bytes without two channel swaps). The decoded JPEG (RGB: what a reader of the shard sees,
-        and what the landmark model runs on) is ``None`` when ``decode_stored`` is off, i.e. for landmark sources
-        that do not look at pixels.
-        """
-        image = self.source.load(entry, "BGR")
-        if isinstance(image, str):
-            return image
-        try:
-            aligned = self.align(image, entry)
-        except DataError as exc:
-            return f"alignment failed: {exc.problem}"
-        jpg = encode_jpeg(aligned, self.quality, "BGR")
-        if not self.decode_stored:
-            return jpg, None
-        decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        return jpg, decoded
-
-
-def prefetch(
-    pool: ThreadPoolExecutor, fn: Callable[[Entry], Prepared], entries: Iterable[Entry], ahead: int
-) -> Iterator[Prepared]:
-    """``fn`` over ``entries`` in ``pool``, yielded in order, with at most ``ahead`` submitted and not yet consumed.
-
-    The window bounds memory and keeps the workers busy while the consumer runs the landmark model and writes.
-    """
-    entries = iter(entries)
-    pending: deque[Future] = deque(pool.submit(fn, entry) for entry in islice(entries, ahead))
-    while pending:
-        future = pending.popleft()
-        pending.extend(pool.submit(fn, entry) for entry in islice(entries, 1))
-        yield future.result()
 
 
 def run_shard(
@@ -294,8 +244,8 @@ def run_shards(
                 progress(len(plan.shard(index)))
     preparer = Preparer(source, cfg, decode_stored=landmarks.uses_pixels)
     entries = (entry for index in todo for _, entry in plan.shard(index))
-    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-        prepared = prefetch(pool, preparer, entries, ahead=2 * cfg.batch_size + 2 * cfg.workers)
+    ahead = 2 * cfg.batch_size + 2 * cfg.workers
+    with prepared_inputs(preparer, entries, cfg.workers, ahead, str(out_dir)) as prepared:
         for index in todo:
             results[index] = run_shard(plan, index, prepared, landmarks, out_dir, cfg, progress)
     return plan, [results[index] for index in ids]

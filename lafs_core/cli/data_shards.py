@@ -16,7 +16,7 @@ def shards(
     landmarks: Annotated[str | None, typer.Option(help="grid | cnn:PATH | mediapipe")] = None,
     align: Annotated[str | None, typer.Option(help="lfw-deepfunneled | none | five-point")] = None,
     shard_size: Annotated[int | None, typer.Option(help="samples per shard")] = None,
-    workers: Annotated[int | None, typer.Option(help="decode/align threads")] = None,
+    workers: Annotated[int | None, typer.Option(help="decode/align/encode worker processes")] = None,
     fewshot: Annotated[Path | None, typer.Option(help="keep only the images of this few-shot list")] = None,
     exclude_pairs: Annotated[Path | None, typer.Option(help="drop every person named in this pair file")] = None,
     shard: Annotated[list[int] | None, typer.Option(help="run only these shard jobs (repeatable)")] = None,

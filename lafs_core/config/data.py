@@ -20,5 +20,5 @@ class ShardsConfig(StageConfig):
     )
     shard_size: int = Field(1000, ge=1, description="samples per shard (the last shard may hold fewer)")
     batch_size: int = Field(64, ge=1, description="images per landmark-model forward pass")
-    workers: int = Field(2, ge=1, description="threads that decode, align and JPEG-encode beside inference")
+    workers: int = Field(2, ge=1, description="processes that decode, align and JPEG-encode beside inference")
     jpeg_quality: int = Field(95, ge=50, le=100, description="fixed JPEG quality (part of the determinism contract)")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import struct
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -189,3 +192,24 @@ def test_index_errors_and_detection(tmp_path: Path) -> None:
     (tmp_path / "d.idx").write_text("zero 0\n")
     with pytest.raises(DataError, match="line 1"):
         RecordIO(tmp_path / "d.rec")
+
+
+def test_concurrent_reads_from_threads_and_a_forked_child(tmp_path: Path) -> None:
+    """The shard writer's workers read one ``RecordFile`` from many threads (or forked processes) at once."""
+    rng = np.random.default_rng(1)
+    payloads = [rng.integers(0, 256, int(rng.integers(1, 5000)), dtype=np.uint8).tobytes() for _ in range(200)]
+    _write(tmp_path / "c.rec", payloads)
+    rec = RecordFile(tmp_path / "c.rec")
+    index = read_index(tmp_path / "c.idx")
+    rec.read_at(index[0])  # the parent's handle exists before the fork
+
+    def read_shuffled(seed: int) -> bool:
+        keys = np.random.default_rng(seed).permutation(len(payloads))
+        return all(rec.read_at(index[int(k)]) == payloads[k] for k in np.tile(keys, 5))
+
+    child = multiprocessing.get_context("fork").Process(target=lambda: sys.exit(0 if read_shuffled(99) else 1))
+    child.start()
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read_shuffled, range(8)))
+    child.join(timeout=60)
+    assert child.exitcode == 0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from data_tools.fewshot import select_fewshot
@@ -134,9 +137,11 @@ def test_fewshot_list_as_source(face_folder, make_config, tmp_path):
 
 
 # Runs the real CLI in a child process that SIGKILLs itself while the 14th sample is being written (inside the
-# fourth 4-sample shard), so the kill lands mid-shard however fast the machine is.
+# fourth 4-sample shard), so the kill lands mid-shard however fast the machine is; first it writes the pids of its
+# decode workers to $WORKER_PIDS.
 DIE_MID_SHARD = """
 import os, signal, sys
+import psutil
 import data_tools.shards.precompute as precompute
 write_shard = precompute.write_shard
 written = 0
@@ -146,6 +151,8 @@ def dying_write_shard(path, samples):
         for sample in samples:
             written += 1
             if written == 14:
+                with open(os.environ["WORKER_PIDS"], "w") as fh:
+                    fh.write(" ".join(str(child.pid) for child in psutil.Process().children()))
                 os.kill(os.getpid(), signal.SIGKILL)
             yield sample
     return write_shard(path, counted())
@@ -156,6 +163,23 @@ main()
 """
 
 
+def wait_until_gone(pids: list[int], seconds: float) -> bool:
+    """True once none of ``pids`` runs any more (exited, or a zombie nobody reaps), polling up to ``seconds``."""
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + seconds
+    while any(running(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_matches_uninterrupted(face_folder, make_config, tmp_path):
     cfg = make_config(shard_size=4)
@@ -164,8 +188,13 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(face_folder, make_conf
     out = tmp_path / "killed"
     command = [sys.executable, "-c", DIE_MID_SHARD, "data", "shards", str(face_folder), str(out), "--preset", "tiny"]
     command += ["--align", "none", "--shard-size", "4", "--workers", "2", "--json", "batch_size=4"]
-    proc = subprocess.run(command, stdout=subprocess.DEVNULL, timeout=300, check=False)
+    pid_file = tmp_path / "worker-pids"
+    env = {**os.environ, "WORKER_PIDS": str(pid_file)}
+    proc = subprocess.run(command, stdout=subprocess.DEVNULL, timeout=300, check=False, env=env)
     assert proc.returncode == -signal.SIGKILL
+    workers = [int(pid) for pid in pid_file.read_text().split()]
+    assert len(workers) == 2
+    assert wait_until_gone(workers, seconds=10), "decode workers outlived their killed parent"
     visible = shard_files(out)
     assert list(visible) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert all(visible[name] == file_sha256(reference / name) for name in visible)
