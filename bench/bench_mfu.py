@@ -10,6 +10,7 @@ step as the trainer runs it with precomputed landmarks). One JSON line per (pres
 
     python -m bench.bench_mfu --presets tiny,small
     python -m bench.bench_mfu --gpu --presets small,base --batch 128
+    python -m bench.bench_mfu --presets tiny,small --compile     # the same with torch.compile'd blocks
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from lafs_core.data.ssl_views import SSLViewMaker, SSLViews
 from lafs_core.losses.dino import DINOLoss
 from lafs_core.models.build import build_face_model
 from lafs_core.models.margin import build_margin_head
+from lafs_core.models.vit import compile_blocks
 from lafs_core.train.optim import build_adamw
 from lafs_core.train.pretrain import build_networks, clip_gradients, ema_update
 
@@ -89,8 +91,10 @@ def random_images(batch: int, size: int, device: torch.device) -> torch.Tensor:
     return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
 
 
-def finetune_step(preset: str, batch: int, classes: int, device: torch.device, amp: bool) -> Callable[[], Any]:
-    """One CosFace fine-tuning step of the full face model (landmark CNN predicts the landmarks)."""
+def finetune_step(
+    preset: str, batch: int, classes: int, device: torch.device, amp: bool
+) -> tuple[Callable[[], Any], torch.nn.Module]:
+    """One CosFace fine-tuning step of the full face model (landmark CNN predicts the landmarks), and the model."""
     cfg = load_config(PretrainConfig, preset=preset).model
     face = build_face_model(cfg).to(device).train()
     head = build_margin_head("cosface", cfg.dim, classes).to(device)
@@ -108,7 +112,7 @@ def finetune_step(preset: str, batch: int, classes: int, device: torch.device, a
         loss.backward()
         optimizer.step()
 
-    return step
+    return step, face
 
 
 class SSLStep:
@@ -174,9 +178,19 @@ CPU_BATCH = {"tiny": 32, "small": 8, "base": 4}
 
 
 def run(
-    presets: list[str], batch_size: int | None, local_views: int, classes: int, iters: int, gpu: bool
+    presets: list[str],
+    batch_size: int | None,
+    local_views: int,
+    classes: int,
+    iters: int,
+    gpu: bool,
+    compile_models: bool = False,
 ) -> Iterator[dict]:
-    """Measure the peak, then every (preset, step); yields the emitted records."""
+    """Measure the peak, then every (preset, step); yields the emitted records.
+
+    With ``compile_models`` the transformer blocks run under ``torch.compile`` (FLOPs are counted eagerly first; the
+    compilation happens in the untimed warm-up steps).
+    """
     device = torch.device("cuda" if gpu else "cpu")
     dtype = torch.bfloat16 if gpu else torch.float32
     size = 8192 if gpu else 2048
@@ -185,11 +199,23 @@ def run(
     yield emit("matmul_peak", peak_flops=peak, size=size, dtype=str(dtype), nominal_peak_flops=nominal)
     for preset in presets:
         batch = batch_size or (128 if gpu else CPU_BATCH.get(preset, 8))
-        common = {"preset": preset, "batch": batch, "dtype": "bf16" if gpu else "fp32", "nominal_peak_flops": nominal}
-        step = finetune_step(preset, batch, classes, device, gpu)
-        yield measure("finetune", step, count_flops(step), peak, iters, {**common, "classes": classes})
+        common = {
+            "preset": preset,
+            "batch": batch,
+            "dtype": "bf16" if gpu else "fp32",
+            "nominal_peak_flops": nominal,
+            "compiled": compile_models,
+        }
+        step, face = finetune_step(preset, batch, classes, device, gpu)
+        flops = count_flops(step)
+        if compile_models:
+            compile_blocks(face)
+        yield measure("finetune", step, flops, peak, iters, {**common, "classes": classes})
         ssl = SSLStep(preset, batch, local_views, device, gpu)
         flops = count_flops(ssl.model)
+        if compile_models:
+            compile_blocks(ssl.student)
+            compile_blocks(ssl.teacher)
         extra = {**common, "local_views": local_views}
         yield measure("ssl_model", ssl.model, flops, peak, iters, extra)
         yield measure("ssl_full", ssl.full, flops, peak, iters, extra)
@@ -204,11 +230,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=453, help="CosFace classes (lfw-v1 k=4: 453)")
     parser.add_argument("--iters", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--gpu", action="store_true", help="run on CUDA with bf16 autocast and a bf16 peak")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu needs a CUDA device")
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    for _ in run(presets, args.batch, args.local_views, args.classes, args.iters, args.gpu):
+    for _ in run(presets, args.batch, args.local_views, args.classes, args.iters, args.gpu, args.compile):
         pass
 
 

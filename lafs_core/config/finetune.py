@@ -75,6 +75,9 @@ class SupervisedConfig(StageConfig):
 
     augment: AugmentConfig = AugmentConfig()
     amp: Literal["auto", "bf16", "none"] = Field("auto", description="'auto': bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = Field(
+        False, description="torch.compile the transformer blocks (first steps pay the compilation; see benchmarks)"
+    )
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     num_workers: int = Field(2, ge=0, description="loader worker processes per rank")
     cpu_threads: int | None = Field(

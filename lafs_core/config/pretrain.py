@@ -89,6 +89,9 @@ class PretrainConfig(StageConfig):
         "eval", description="'eval': deterministic teacher (DINO); 'train': dropout/drop-path on (official)"
     )
     amp: Literal["auto", "bf16", "none"] = Field("auto", description="'auto': bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = Field(
+        False, description="torch.compile the transformer blocks (first steps pay the compilation; see benchmarks)"
+    )
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     num_workers: int = Field(2, ge=0, description="loader worker processes per rank")
 

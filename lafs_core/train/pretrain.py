@@ -35,7 +35,7 @@ from lafs_core.data.ssl_views import SSLViewMaker, SSLViews
 from lafs_core.errors import ConfigError, DataError, LafsError
 from lafs_core.losses.dino import DINOLoss, koleo_loss
 from lafs_core.models.build import build_backbone, build_dino_head
-from lafs_core.models.vit import GridFViT, PartFViT
+from lafs_core.models.vit import GridFViT, PartFViT, compile_blocks
 from lafs_core.train import checkpointing as ckpt
 from lafs_core.train import tracking
 from lafs_core.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
@@ -260,6 +260,9 @@ class Trainer:
         self.student.to(self.device)
         self.teacher.to(self.device)
         self.teacher.train(cfg.teacher_mode == "train")
+        if cfg.compile:
+            compile_blocks(self.student)
+            compile_blocks(self.teacher)
         self.optimizer = build_adamw(self.student, self.schedules.lr[0], cfg.weight_decay)
         self.loss_fn = DINOLoss(
             cfg.model.dino_out_dim,

@@ -47,6 +47,7 @@ from lafs_core.eval.verification import evaluate_embeddings
 from lafs_core.models.checkpoint import model_meta
 from lafs_core.models.margin import MarginHead, build_margin_head
 from lafs_core.models.partial_fc import PartialFC, shard_range
+from lafs_core.models.vit import compile_blocks
 from lafs_core.train import tracking
 from lafs_core.train.checkpointing import (
     StopRequest,
@@ -523,6 +524,8 @@ def train_supervised(cfg: SupervisedConfig, hooks: StageHooks) -> dict[str, Any]
         state = TrainState.from_dict(ckpt["train"])
         if hooks.load_extra_state is not None and "extra" in ckpt:
             hooks.load_extra_state(ckpt["extra"])
+    if cfg.compile:
+        compile_blocks(net)
     clf = wrap(net, pfc, info.device, info.distributed)
     if ckpt is not None:
         load_classifier_state(clf, ckpt["margin"])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from lafs_core.config import ModelConfig, StageConfig, load_config
 from lafs_core.models.build import build_face_model
 from lafs_core.models.sampler import grid_landmarks, sample_patches, warp_images
-from lafs_core.models.vit import Attention, GridFViT, PartFViT
+from lafs_core.models.vit import Attention, GridFViT, PartFViT, compile_blocks
 
 
 def tiny(**update: object) -> ModelConfig:
@@ -113,3 +115,23 @@ def test_face_model_affine_view_equals_rendered_view() -> None:
     torch.testing.assert_close(model.predict_landmarks(images, affine), model.landmark_cnn(view))
     inner = torch.rand(2, 49, 2) * 80 + 16  # away from the view border, where the view is zero-padded
     torch.testing.assert_close(model(images, inner, affine), model(view, inner), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager_and_keep_parameter_names() -> None:
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    eager = PartFViT(tiny(dropout=0.0, drop_path=0.0)).train()
+    compiled = copy.deepcopy(eager)
+    assert compile_blocks(compiled) == len(eager.blocks) == 2
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    for count in (49, 9):  # global and local token counts: one graph each
+        tokens = torch.randn(4, count, 192)
+        outputs = [vit.forward_tokens(tokens) for vit in (eager, compiled)]
+        torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+        for out in outputs:
+            out.square().sum().backward()
+        for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4, msg=name)
+            p.grad = q.grad = None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # the blocks really ran compiled
