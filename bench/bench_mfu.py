@@ -10,7 +10,6 @@ step as the trainer runs it with precomputed landmarks). One JSON line per (pres
 
     python -m bench.bench_mfu --presets tiny,small
     python -m bench.bench_mfu --gpu --presets small,base --batch 128
-    python -m bench.bench_mfu --presets tiny,small --compile     # the same with torch.compile'd blocks
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from lafs_core.data.ssl_views import SSLViewMaker, SSLViews
 from lafs_core.losses.dino import DINOLoss
 from lafs_core.models.build import build_face_model
 from lafs_core.models.margin import build_margin_head
-from lafs_core.models.vit import compile_blocks
 from lafs_core.train.optim import build_adamw
 from lafs_core.train.pretrain import build_networks, clip_gradients, ema_update
 
@@ -184,13 +182,8 @@ def run(
     classes: int,
     iters: int,
     gpu: bool,
-    compile_models: bool = False,
 ) -> Iterator[dict]:
-    """Measure the peak, then every (preset, step); yields the emitted records.
-
-    With ``compile_models`` the transformer blocks run under ``torch.compile`` (FLOPs are counted eagerly first; the
-    compilation happens in the untimed warm-up steps).
-    """
+    """Measure the peak, then every (preset, step); yields the emitted records."""
     device = torch.device("cuda" if gpu else "cpu")
     dtype = torch.bfloat16 if gpu else torch.float32
     size = 8192 if gpu else 2048
@@ -204,18 +197,11 @@ def run(
             "batch": batch,
             "dtype": "bf16" if gpu else "fp32",
             "nominal_peak_flops": nominal,
-            "compiled": compile_models,
         }
-        step, face = finetune_step(preset, batch, classes, device, gpu)
-        flops = count_flops(step)
-        if compile_models:
-            compile_blocks(face)
-        yield measure("finetune", step, flops, peak, iters, {**common, "classes": classes})
+        step, _ = finetune_step(preset, batch, classes, device, gpu)
+        yield measure("finetune", step, count_flops(step), peak, iters, {**common, "classes": classes})
         ssl = SSLStep(preset, batch, local_views, device, gpu)
         flops = count_flops(ssl.model)
-        if compile_models:
-            compile_blocks(ssl.student)
-            compile_blocks(ssl.teacher)
         extra = {**common, "local_views": local_views}
         yield measure("ssl_model", ssl.model, flops, peak, iters, extra)
         yield measure("ssl_full", ssl.full, flops, peak, iters, extra)
@@ -230,12 +216,11 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=453, help="CosFace classes (lfw-v1 k=4: 453)")
     parser.add_argument("--iters", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--gpu", action="store_true", help="run on CUDA with bf16 autocast and a bf16 peak")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu needs a CUDA device")
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    for _ in run(presets, args.batch, args.local_views, args.classes, args.iters, args.gpu, args.compile):
+    for _ in run(presets, args.batch, args.local_views, args.classes, args.iters, args.gpu):
         pass
 
 

@@ -62,7 +62,7 @@ def compile_blocks(module: nn.Module) -> int:
 
     Per block, so parameter names (checkpoints, DDP buckets, the EMA pairing) stay as they are and the sampler and
     heads run eagerly; static shapes give one graph per token count (global and local views). On 2 CPU cores it
-    buys little (docs/benchmarks.md: tiny steps 1.01-1.09x after ~40 s of compilation, small ones 0.83-0.98x), so
+    buys little (docs/benchmarks.md: tiny steps 1.01-1.11x after ~40 s of compilation, small ones 0.83-0.98x), so
     it is off by default; it is meant for GPUs, where it was not measured here.
     """
     blocks = [m for m in module.modules() if isinstance(m, Block)]
