@@ -9,13 +9,16 @@ seen exactly once, the last batch may be short.
 A batch is a dict: ``images`` (B, 3, H, W) uint8 RGB, ``landmarks`` (B, R, 2) float32 pixel-centre coordinates of
 the stored image, ``labels`` (B,) int64 (-1 unlabelled), ``keys`` list[str]; with a ``ViewSpec``, also ``affine``
 (B, V, 2, 3) view->source, ``view_landmarks`` (B, V, R, 2), ``flipped`` (B, V); with ``online=True`` also
-``crops`` (B, V, 3, S, S) float 0..255, the clean warped views (for running a landmark model on every view).
+``crops`` (B, V, 3, S, S) float 0..255, the clean warped views (for running a landmark model on every view). With
+``images_map``, ``images`` is that function of the stored batch, computed in the loader workers (the supervised
+augmentation runs there, off the training step's critical path).
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -123,8 +126,13 @@ def train_loader(
     rank: int | None = None,
     world_size: int | None = None,
     epoch_batches: int | None = None,
+    images_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> wds.WebLoader:
-    """Endless resampled pipeline cut into epochs of the same number of full batches on every rank."""
+    """Endless resampled pipeline cut into epochs of the same number of full batches on every rank.
+
+    ``images_map`` (uint8 (B, 3, H, W) -> the same) runs per batch in the workers, before any views are drawn; it may
+    use torch's and Python's global random streams, which the DataLoader seeds per worker from the main process.
+    """
     info = read_info(shard_dir)
     rank, world_size = dist_info(rank, world_size)
     stages: list[Any] = [
@@ -136,6 +144,8 @@ def train_loader(
         wds.map(decode_sample),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     ]
+    if images_map is not None:
+        stages.append(wds.map_dict(images=images_map))
     if views is not None:
         stages.append(wds.map(AddViews(views, info["flip_permutation"], info["image_size"], seed, rank, online)))
     loader = wds.WebLoader(

@@ -564,7 +564,7 @@ def train_supervised(cfg: SupervisedConfig, hooks: StageHooks) -> dict[str, Any]
         return metrics
 
     def loss_fn(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        images = normalize(augment(batch["images"]).to(info.device, non_blocking=True))
+        images = normalize(batch["images"].to(info.device, non_blocking=True))
         targets = batch["labels"].to(info.device)
         if mixup is not None:
             images, targets = mixup(images, targets)
@@ -610,6 +610,7 @@ def train_supervised(cfg: SupervisedConfig, hooks: StageHooks) -> dict[str, Any]
                 rank=info.rank,
                 world_size=info.world_size,
                 epoch_batches=steps_left * plan.accum,
+                images_map=augment,
             )
             for group in micro_batch_groups(loader, plan.accum):
                 metrics = accumulation_step(clf.net, optimizer, group, loss_fn, float(schedule[state.step]))

@@ -75,6 +75,19 @@ def test_train_loader_gives_a_fixed_number_of_full_batches_with_views(shard_dir)
     assert len(list(loader)) == 7
 
 
+def test_images_map_runs_per_batch_in_workers_with_their_own_random_streams(shard_dir):
+    stored = {}
+    for batch in eval_loader(shard_dir, 16, num_workers=0):
+        stored.update(zip(batch["keys"], batch["images"], strict=True))
+    inverted = list(train_loader(shard_dir, 16, num_workers=2, images_map=lambda images: 255 - images))
+    assert len(inverted) == 7
+    for batch in inverted:
+        torch.testing.assert_close(batch["images"], torch.stack([255 - stored[key] for key in batch["keys"]]))
+    draws = train_loader(shard_dir, 16, num_workers=2, images_map=lambda images: torch.randint(2**62, (1,)))
+    values = [int(batch["images"]) for batch in draws]  # batches alternate between the two workers
+    assert len(set(values)) == len(values) == 7
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_split_eval_exactly_and_train_equally(shard_dir, tmp_path):
     args = (2, str(shard_dir), str(tmp_path / "store"), str(tmp_path))
