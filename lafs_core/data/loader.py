@@ -1,7 +1,8 @@
 """Loaders over precomputed landmark shards: resampled training pipelines and an exact-once evaluation loader.
 
 Training: every rank and DataLoader worker draws shards with replacement from its own seeded stream
-(``ResampledShards``; seed = (seed, rank, worker, epoch)), shuffles samples in a buffer, and the loader stops after
+(``ResampledShards``; seed = (seed, rank, worker, epoch)), shuffles samples in a buffer seeded by (seed, rank, worker)
+(so a run with the same seed sees the same batches), and the loader stops after
 exactly ``batches_per_epoch(info, batch_size, world_size)`` batches on every rank (``with_epoch``), so collectives
 never wait on a rank that ran out of data. Evaluation: shards are split by rank then by worker, every sample is
 seen exactly once, the last batch may be short.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,13 @@ class AddViews:
         return batch
 
 
+def _seeded_shuffle(bufsize: int, seed: int, rank: int, samples: Iterable[Any]) -> Iterator[Any]:
+    """webdataset's buffer shuffle with a stream seeded per (seed, rank, worker); unseeded, it draws from the clock."""
+    worker = get_worker_info()
+    stream_seed = hash((seed, rank, worker.id if worker is not None else 0)) & 0x7FFF_FFFF
+    return wds.shuffle(bufsize, initial=min(bufsize, 100), seed=stream_seed)(samples)
+
+
 def _worker_seed(rank: int) -> int:
     worker = get_worker_info()
     return rank * 1000 + (worker.id if worker is not None else 0)
@@ -140,7 +148,7 @@ def train_loader(
             shard_urls(shard_dir, info), seed=seed, worker_seed=partial(_worker_seed, rank), deterministic=True
         ),
         wds.tarfile_to_samples(),
-        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)),
+        partial(_seeded_shuffle, shuffle_buffer, seed, rank),
         wds.map(decode_sample),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     ]

@@ -543,7 +543,9 @@ def train_supervised(cfg: SupervisedConfig, hooks: StageHooks) -> dict[str, Any]
         )
     del ckpt
 
-    torch.manual_seed(cfg.seed * 1000 + info.rank + 7919 * state.step)
+    stream_seed = cfg.seed * 1000 + info.rank + 7919 * state.step
+    torch.manual_seed(stream_seed)
+    np.random.seed(stream_seed)  # timm Mixup draws from numpy's global stream
     augment = SupervisedAugment(cfg.augment, face.cfg.image_size)
     mixup = build_mixup(cfg.augment, num_classes) if cfg.augment.mixup_prob > 0 else None
     verifiers = [Verifier.load(spec, cfg.val_batch_size, face.cfg.image_size) for spec in cfg.val_pairs]

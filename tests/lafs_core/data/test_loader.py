@@ -99,3 +99,12 @@ def test_two_gloo_ranks_split_eval_exactly_and_train_equally(shard_dir, tmp_path
     expected = batches_per_epoch(read_info(shard_dir), 8, world_size=2)
     assert [r["train"] for r in results] == [expected, expected]
     assert results[0]["sum"] == 2 * expected
+
+
+def test_train_loader_is_reproducible_per_seed(shard_dir):
+    def keys(seed: int) -> list[str]:
+        return [key for batch in train_loader(shard_dir, 16, num_workers=2, seed=seed) for key in batch["keys"]]
+
+    first = keys(3)
+    assert keys(3) == first
+    assert keys(4) != first

@@ -122,3 +122,22 @@ def test_init_from_an_official_style_ssl_teacher_needs_the_official_convention(t
     assert sources["backbone"].startswith("lafs-ssl:")
     for key, value in source.state_dict().items():
         torch.testing.assert_close(face.state_dict()[key], value, msg=key)
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_model(k4, init_files, mlflow_store, tmp_path) -> None:
+    """Loader shuffle, worker augmentation (2 workers) and numpy-drawn mixup are all seeded from ``seed``."""
+    _, shards = k4
+    _, partfvit_path, _ = init_files
+
+    def train(name: str) -> dict[str, torch.Tensor]:
+        overrides = [f"data_dir={shards}", f"output_dir={tmp_path / name}", f"init_landmarks={partfvit_path}"]
+        overrides += ["global_batch_size=8", "max_steps=3", "num_workers=2", "augment.mixup_prob=1.0"]
+        overrides += ["val_pairs=[]", "log_model=false"]
+        run_finetune(load_config(FinetuneConfig, preset="tiny", overrides=overrides))
+        return torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
+
+    first, second = train("a"), train("b")
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], rtol=0, atol=0, msg=key)
