@@ -176,12 +176,7 @@ CPU_BATCH = {"tiny": 32, "small": 8, "base": 4}
 
 
 def run(
-    presets: list[str],
-    batch_size: int | None,
-    local_views: int,
-    classes: int,
-    iters: int,
-    gpu: bool,
+    presets: list[str], batch_size: int | None, local_views: int, classes: int, iters: int, gpu: bool
 ) -> Iterator[dict]:
     """Measure the peak, then every (preset, step); yields the emitted records."""
     device = torch.device("cuda" if gpu else "cpu")
@@ -192,12 +187,7 @@ def run(
     yield emit("matmul_peak", peak_flops=peak, size=size, dtype=str(dtype), nominal_peak_flops=nominal)
     for preset in presets:
         batch = batch_size or (128 if gpu else CPU_BATCH.get(preset, 8))
-        common = {
-            "preset": preset,
-            "batch": batch,
-            "dtype": "bf16" if gpu else "fp32",
-            "nominal_peak_flops": nominal,
-        }
+        common = {"preset": preset, "batch": batch, "dtype": "bf16" if gpu else "fp32", "nominal_peak_flops": nominal}
         step, _ = finetune_step(preset, batch, classes, device, gpu)
         yield measure("finetune", step, count_flops(step), peak, iters, {**common, "classes": classes})
         ssl = SSLStep(preset, batch, local_views, device, gpu)

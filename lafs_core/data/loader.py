@@ -100,9 +100,7 @@ class AddViews:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Add ``affine``, ``view_landmarks``, ``flipped`` (and ``crops`` when online) to a batch."""
         if self.generator is None:
-            worker = get_worker_info()
-            wid = worker.id if worker is not None else 0
-            self.generator = torch.Generator().manual_seed(hash((*self.seed, wid)) & 0x7FFF_FFFF)
+            self.generator = torch.Generator().manual_seed(hash((*self.seed, _worker_id())) & 0x7FFF_FFFF)
         views = sample_views(batch["landmarks"], self.spec, self.flip_perm, self.image_size, self.generator)
         batch.update(affine=views.affine, view_landmarks=views.landmarks, flipped=views.flipped)
         if self.online:
@@ -112,14 +110,18 @@ class AddViews:
 
 def _seeded_shuffle(bufsize: int, seed: int, rank: int, samples: Iterable[Any]) -> Iterator[Any]:
     """webdataset's buffer shuffle with a stream seeded per (seed, rank, worker); unseeded, it draws from the clock."""
-    worker = get_worker_info()
-    stream_seed = hash((seed, rank, worker.id if worker is not None else 0)) & 0x7FFF_FFFF
+    stream_seed = hash((seed, rank, _worker_id())) & 0x7FFF_FFFF
     return wds.shuffle(bufsize, initial=min(bufsize, 100), seed=stream_seed)(samples)
 
 
-def _worker_seed(rank: int) -> int:
+def _worker_id() -> int:
+    """This DataLoader worker's id (0 in the main process)."""
     worker = get_worker_info()
-    return rank * 1000 + (worker.id if worker is not None else 0)
+    return worker.id if worker is not None else 0
+
+
+def _worker_seed(rank: int) -> int:
+    return rank * 1000 + _worker_id()
 
 
 def train_loader(
