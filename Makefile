@@ -7,18 +7,28 @@ STAMP := $(VENV)/.installed
 SHARED ?= $(abspath ../shared)
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install postgres test test-stack lint format demo bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,servers,detect,export]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# PostgreSQL server binaries for tests/stack: Debian's package, installed (as root) only when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  test "$$(id -u)" = 0 || { echo "PostgreSQL is missing: run 'make postgres' as root" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
+
+test: $(STAMP) postgres
 	LAFS_SHARED=$(SHARED) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Only the stack tests: PostgreSQL, MLflow and Prefect servers and a worker on 127.0.0.1 (also part of `make test`).
+test-stack: $(STAMP) postgres
+	LAFS_SHARED=$(SHARED) $(BIN)/python -m pytest tests/stack $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
