@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -131,9 +132,18 @@ def _check_value(value: Any, where: str = "root") -> None:
     raise _RefusedError(f"{where} is a {type(value).__name__}; only {_ALLOWED_DESCRIPTION} are allowed")
 
 
+def _check_lengths(data: bytes) -> None:
+    """Walk the opcodes once: a length field (bytes, string, frame) claiming more than the data holds is refused
+    here, since the unpickler would allocate the claimed size before finding the data short (memory bounded by the
+    file, not by a header)."""
+    for _ in pickletools.genops(io.BytesIO(data)):
+        pass
+
+
 def safe_loads(data: bytes, path: str | Path = "<bytes>") -> Any:
     """Unpickle ``data`` with the restrictions above; DataError naming ``path`` if it is refused or broken."""
     try:
+        _check_lengths(data)
         value = RestrictedUnpickler(io.BytesIO(data)).load()
         _check_value(value)
     except _RefusedError as exc:

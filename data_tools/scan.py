@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from data_tools.readers import CHANNEL_ORDER, FaceRecord, detect_format, open_reader
+from data_tools.readers.base import check_exists
 from data_tools.readers.image_folder import ImageFolder, Layout
 from data_tools.readers.pairs import read_pairs
 from data_tools.readers.recordio import RecordIO
@@ -85,8 +86,7 @@ def scan(
 ) -> ScanReport:
     """Detect the format of ``path`` and count what it holds; ``verify`` decodes every image too."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(path, "no such file or directory")
+    check_exists(path)
     if path.is_file() and path.suffix == ".txt":
         return _scan_pairs(path)
     if _is_ijb_root(path):
@@ -107,7 +107,10 @@ def scan(
             counts = [end - start for start, end in reader.identity_ranges.values()]
         else:
             counts = np.unique(reader.labels(), return_counts=True)[1].tolist()
-        details = {"rec": str(reader.rec_path), "header0": bool(reader.identity_ranges), "verified": verify}
+        header0 = bool(reader.identity_ranges) or reader.range_problem is not None
+        details = {"rec": str(reader.rec_path), "header0": header0, "verified": verify}
+        if reader.range_problem:
+            details["identity_ranges"] = f"inconsistent, counted from the image labels instead: {reader.range_problem}"
         summary = histogram_summary(counts)
         return ScanReport(str(path), fmt, len(reader), len(counts), summary, unreadable, details=details)
     if isinstance(reader, VerificationBin):

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from data_tools.shards.manifest import read_info
+from data_tools.shards.writer import file_sha256
 from lafs_core.errors import DataError
 
 SCALE = 2
@@ -21,22 +22,34 @@ def first_samples(shard_dir: str | Path, count: int) -> list[tuple[str, np.ndarr
     shard_dir = Path(shard_dir)
     out: list[tuple[str, np.ndarray, np.ndarray]] = []
     for shard in read_info(shard_dir)["shards"]:
+        path = shard_dir / shard["name"]
+        check_shard(path, shard["sha256"])
         members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(shard_dir / shard["name"], mode="r:") as tar:
+        with tarfile.open(path, mode="r:") as tar:
             for info in tar:
                 key, _, ext = info.name.partition(".")
                 fh = tar.extractfile(info)
                 if fh is not None:
                     members.setdefault(key, {})[ext] = fh.read()
         for key, parts in members.items():
-            bgr = cv2.imdecode(np.frombuffer(parts["jpg"], np.uint8), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise DataError(shard_dir / shard["name"], f"sample {key}: JPEG does not decode")
+            bgr = cv2.imdecode(np.frombuffer(parts.get("jpg", b"-"), np.uint8), cv2.IMREAD_COLOR)
+            if bgr is None or "lmk.npy" not in parts:
+                raise DataError(path, f"sample {key}: no JPEG that decodes, or no landmarks")
             landmarks = np.load(io.BytesIO(parts["lmk.npy"]), allow_pickle=False)
             out.append((key, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), landmarks))
             if len(out) == count:
                 return out
     return out
+
+
+def check_shard(path: Path, sha256: str) -> None:
+    """DataError unless the shard is there and hashes to its recorded sha256 (a damaged shard is not shown)."""
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise DataError(path, f"cannot read shard ({exc.strerror or exc})") from None
+    if digest != sha256:
+        raise DataError(path, "sha256 differs from the manifest (damaged); `lafs data verify` lists every problem")
 
 
 def draw_landmarks(image: np.ndarray, landmarks: np.ndarray, scale: int = SCALE) -> np.ndarray:

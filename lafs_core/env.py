@@ -2,12 +2,21 @@
 
 Used by the CLI, the flows and the tests. Values already set by the user win (``setdefault``), so a cluster
 can point ``MLFLOW_TRACKING_URI`` at a server and ``PREFECT_API_URL`` at a Prefect server.
+
+MLflow's client-side sqlite store puts the artifacts of every new experiment under ``./mlruns`` of whatever the
+working directory is; for our default store they go to ``<home>/mlartifacts`` instead. MLflow has no public setting
+for that root outside its server; the client store reads it from ``_MLFLOW_SERVER_ARTIFACT_ROOT``, the variable the
+server exports for the same purpose (a test checks it still works). With it set, MLflow also treats the process as
+acting for a server: artifact URIs that name another host (http, ftp, ...) are refused and custom GenAI scorers are
+not rebuilt, neither of which the default local store uses. A user-chosen tracking URI keeps MLflow's own default.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+ARTIFACT_ROOT_VARIABLE = "_MLFLOW_SERVER_ARTIFACT_ROOT"
 
 
 def project_home() -> Path:
@@ -55,8 +64,16 @@ def offline_environment(home: Path | None = None) -> dict[str, str]:
     }
 
 
+def artifact_root(home: Path | None = None) -> Path:
+    """Where the default local MLflow store keeps run artifacts: ``<home>/mlartifacts``."""
+    return (home or project_home()).resolve() / "mlartifacts"
+
+
 def configure_offline_env(home: Path | None = None) -> dict[str, str]:
     """Apply :func:`offline_environment` to ``os.environ`` without overriding user settings."""
-    for key, value in offline_environment(home).items():
+    values = offline_environment(home)
+    if os.environ.get("MLFLOW_TRACKING_URI", values["MLFLOW_TRACKING_URI"]) == values["MLFLOW_TRACKING_URI"]:
+        os.environ.setdefault(ARTIFACT_ROOT_VARIABLE, artifact_root(home).as_uri())
+    for key, value in values.items():
         os.environ.setdefault(key, value)
-    return {key: os.environ[key] for key in offline_environment(home)}
+    return {key: os.environ[key] for key in values}

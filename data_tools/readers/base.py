@@ -6,6 +6,8 @@ RGB uint8 HxWx3 images, so the rest of the pipeline never sees a channel-order o
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from lafs_core.errors import DataError
+from lafs_core.errors import DataError, printable
 
 CHANNEL_ORDER = "RGB"
 
@@ -38,8 +40,8 @@ class Unreadable:
     reason: str
 
     def as_dict(self) -> dict[str, str]:
-        """JSON-ready form ``{file, reason}``."""
-        return {"file": self.file, "reason": self.reason}
+        """JSON-ready form ``{file, reason}`` (a file name that is not UTF-8 shows its bytes as ``\\xNN``)."""
+        return {"file": printable(self.file), "reason": printable(self.reason)}
 
 
 @runtime_checkable
@@ -105,11 +107,24 @@ def reader_formats() -> list[str]:
     return [spec.name for spec in sorted(_REGISTRY.values(), key=lambda s: -s.priority)]
 
 
+def check_exists(path: str | Path) -> None:
+    """DataError naming why ``path`` cannot be opened: missing, a dangling link, a link loop, no permission."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(path, "symbolic link loop") from None
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            raise DataError(path, f"dangling symbolic link (to {os.readlink(path)})") from None
+        if exc.errno == errno.ENOENT:
+            raise DataError(path, "no such file or directory") from None
+        raise DataError(path, f"cannot open ({exc.strerror})") from None
+
+
 def detect_format(path: str | Path) -> str:
     """Name of the first registered format that recognises ``path``; DataError if none does."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(path, "no such file or directory")
+    check_exists(path)
     for name in reader_formats():
         spec = _REGISTRY[name]
         if spec.detect(path):

@@ -4,7 +4,9 @@ Listing never decodes: a file is an image when its first bytes say so (JPEG, PNG
 files without an extension (Yale) are found and ``README``/``*.info``/``*.txt`` are ignored. Files ending in
 ``.bad`` (Extended Yale B ships 18, marked corrupt by its authors) are skipped and reported in ``bad``. Images that
 fail to decode while iterating are skipped and added to ``unreadable``. Order is sorted and labels are the index of
-the identity in the sorted identity names, so two runs on the same folder agree.
+the identity in the sorted identity names, so two runs on the same folder agree. Symbolic links to folders are
+followed at the top level only, and not when that would list images twice (a link to ``.``, to an ancestor, or into
+another listed folder) or never end (a link loop): those are skipped and added to ``unreadable`` with the reason.
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ class ImageFolder:
         return counts
 
     def _list(self) -> None:
-        top_dirs, top_files = _split_entries(self.root)
+        top_dirs, top_files, skipped = _split_entries(self.root)
+        self.unreadable.extend(skipped)
         layout = self.layout
         if layout == "auto":
             layout = "folders" if any(self._images_under(self.root / d, probe=True) for d in top_dirs) else "flat"
@@ -182,14 +185,41 @@ def _looks_like_image(path: str, name: str) -> bool:
     return not name.startswith(".") and not name.endswith(BAD_SUFFIX) and sniff_file(path) is not None
 
 
-def _split_entries(root: Path) -> tuple[list[str], list[str]]:
-    dirs, files = [], []
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            (dirs if entry.is_dir() else files).append(entry.name)
-    return sorted(dirs), sorted(files)
+def _split_entries(root: Path) -> tuple[list[str], list[str], list[Unreadable]]:
+    """Top-level (folders, files) of ``root``, and the entries skipped: symlink loops, and links to folders whose
+    images are listed anyway (a link to ``.``, to an ancestor of the root, or into another listed folder), which
+    would otherwise be counted twice."""
+    dirs, files, links, skipped = [], [], [], []
+    try:
+        with os.scandir(root) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                except OSError as exc:
+                    skipped.append(Unreadable(entry.path, f"cannot follow ({exc.strerror})"))
+                    continue
+                (links if is_dir and entry.is_symlink() else dirs if is_dir else files).append(entry.name)
+    except OSError as exc:
+        raise DataError(root, f"cannot list the folder ({exc.strerror})") from None
+    real_root = os.path.realpath(root)
+    kept = [os.path.realpath(root / name) for name in dirs]
+    for name in links:
+        real = os.path.realpath(root / name)
+        if _within(real_root, real):
+            skipped.append(Unreadable(str(root / name), f"link to {real}, which holds this folder: not followed"))
+        elif any(_within(real, other) or _within(other, real) for other in kept):
+            skipped.append(Unreadable(str(root / name), f"link to {real}, whose images are listed already"))
+        else:
+            kept.append(real)
+            dirs.append(name)
+    return sorted(dirs), files, skipped
+
+
+def _within(path: str, folder: str) -> bool:
+    """True when ``path`` is ``folder`` or lies inside it (both real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _identity_from_name(name: str, pattern: re.Pattern[str] | None, root: Path) -> str:

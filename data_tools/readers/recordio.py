@@ -145,6 +145,10 @@ class RecordFile:
             cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
             if cflag > 3 or (cflag in (0, 1)) != (not parts):
                 raise DataError(self.path, f"broken split record: part flag {cflag} at byte {pos}")
+            if pos + 8 + length > self.size:
+                raise DataError(
+                    self.path, f"truncated record at byte {pos}: claims {length} bytes, the file ends at {self.size}"
+                )
             body = fh.read(_pad4(length))
             if len(body) < _pad4(length):
                 raise DataError(
@@ -279,6 +283,20 @@ def write_insightface_rec(
     return ranges
 
 
+def identity_range_problem(ranges: dict[int, tuple[int, int]], first_identity: int) -> str | None:
+    """Why header0's identity ranges cannot be right, or ``None``: each half-open (start, end) must lie inside the
+    image keys 1..first_identity-1, with start <= end, and no two may overlap."""
+    previous: tuple[int, int, int] | None = None
+    for key, (start, end) in sorted(ranges.items(), key=lambda item: item[1]):
+        if not 1 <= start <= end <= first_identity:
+            return f"identity record {key}: range {start}..{end} is not inside the image keys 1..{first_identity - 1}"
+        if previous is not None and start < previous[2]:
+            span = f"{previous[1]}..{previous[2]} and {start}..{end}"
+            return f"identity records {previous[0]} and {key}: ranges {span} overlap"
+        previous = (key, start, end)
+    return None
+
+
 class RecordIO:
     """An insightface ``.rec`` + ``.idx``: random access by key and sequential streaming of :class:`FaceRecord`s.
 
@@ -302,6 +320,7 @@ class RecordIO:
                 raise DataError(self.idx_path, f"key {key}: offset {offset} is outside the .rec ({self.file.size} B)")
         self.unreadable: list[Unreadable] = []
         self.identity_ranges: dict[int, tuple[int, int]] = {}
+        self.range_problem: str | None = None
         self.image_keys = sorted(self.index)
         if 0 in self.index:
             head, rest = self.header(0)
@@ -309,16 +328,30 @@ class RecordIO:
                 self._read_header0(head)
 
     def _read_header0(self, head: IRHeader) -> None:
+        """Image keys and identity ranges from header0, checked against what the files can hold before any list of
+        that size is made (a header claiming 10^9 images in a small file is refused, not allocated)."""
         a, b = int(head.label[0]), int(head.label[1])
-        self.image_keys = list(range(1, a))
-        missing = [k for k in (*self.image_keys, *range(a, b)) if k not in self.index]
+        if b - 1 > len(self.index):
+            raise DataError(
+                self.rec_path,
+                f"header0 claims {a - 1} images and {b - a} identities (keys 1..{b - 1}), "
+                f"but the index holds {len(self.index)} records",
+            )
+        missing = [k for k in range(1, b) if k not in self.index]
         if missing:
             raise DataError(self.idx_path, f"header0 says keys 1..{b - 1} but {len(missing)} are missing")
+        self.image_keys = list(range(1, a))
+        ranges: dict[int, tuple[int, int]] = {}
         for identity_key in range(a, b):
             ident, _ = self.header(identity_key)
             if ident.flag < 2:
                 raise DataError(self.rec_path, f"identity record {identity_key} has no (start, end) label")
-            self.identity_ranges[identity_key] = (int(ident.label[0]), int(ident.label[1]))
+            ranges[identity_key] = (int(ident.label[0]), int(ident.label[1]))
+        self.range_problem = identity_range_problem(ranges, a)
+        if self.range_problem is None:
+            self.identity_ranges = ranges
+        else:
+            log.warning("%s: identity ranges ignored: %s", self.rec_path, self.range_problem)
 
     def __len__(self) -> int:
         return len(self.image_keys)

@@ -8,6 +8,10 @@ runs the landmark model on one batch at a time and streams the finished samples 
 atomically), then a small ``.parts/shard-NNNNNN.json`` record (checksum, rows, skipped inputs). A rerun reuses every
 shard whose record matches the plan and whose bytes still hash to the recorded sha256, and redoes the rest;
 ``finalize`` then writes ``manifest.parquet`` and ``_info.json``.
+
+One writer at a time: a run over the whole plan locks the folder, a shard job locks its shards (``lock.py``), and a
+second writer is refused with one line naming the first. ``_info.json`` (whose presence says the set is complete) is
+removed before any shard is rewritten, so a reader never pairs an old summary with new shards.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,13 +30,14 @@ import numpy as np
 
 from data_tools.shards.alignment import describe as describe_alignment
 from data_tools.shards.landmark_sources import LandmarkSource, flip_permutation, open_landmark_source
-from data_tools.shards.manifest import FORMAT, landmark_stats_batch, write_info, write_manifest
+from data_tools.shards.lock import JOB_LOCKS, OutputLockedError, folder_lock, shard_locks
+from data_tools.shards.manifest import FORMAT, INFO, MANIFEST, landmark_stats_batch, write_info, write_manifest
 from data_tools.shards.prepare import Prepared, Preparer, prepared_inputs
 from data_tools.shards.sources import Entry, FaceSource, open_source
 from data_tools.shards.writer import ShardSample, atomic_write_bytes, file_sha256, write_shard
 from lafs_core.config.data import ShardsConfig
 from lafs_core.config.loader import config_to_dict
-from lafs_core.errors import DataError
+from lafs_core.errors import DataError, printable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,21 @@ def shard_name(index: int) -> str:
 def sample_key(position: int, source_key: str) -> str:
     """``__key__`` of the sample at plan position ``position``: unique, dot-free, readable."""
     return f"{position:07d}_{KEY_UNSAFE.sub('_', source_key)}"
+
+
+def recorded_names(entry: Entry) -> dict[str, str | None]:
+    """Key, file and identity of an entry as the shard metadata and manifest record them.
+
+    A file name that is not valid UTF-8 (surrogate escapes in Python) cannot go into Parquet or portable JSON; it is
+    recorded with its undecodable bytes as ``\\xNN`` (:func:`~lafs_core.errors.printable`), so it can still be traced.
+    """
+    identity = None if entry.identity is None else printable(entry.identity)
+    return {"key": printable(entry.key), "file": printable(entry.file), "identity": identity}
+
+
+def skip_record(entry: Entry, reason: str) -> dict[str, str]:
+    """The ``skipped`` record of an input that gave no sample."""
+    return {"key": printable(entry.key), "file": printable(entry.file), "reason": reason}
 
 
 @dataclass
@@ -153,7 +174,7 @@ def run_shard(
             for position, entry in chunk:
                 result = next(prepared)
                 if isinstance(result, str):
-                    skipped.append({"key": entry.key, "file": entry.file, "reason": result})
+                    skipped.append(skip_record(entry, result))
                 else:
                     batch.append((position, entry, *result))
             if batch:
@@ -165,13 +186,14 @@ def run_shard(
                 stats = landmark_stats_batch(points)
                 for (position, entry, jpg, _), lmk, good, stat in zip(batch, points, ok, stats, strict=True):
                     if not good:
-                        skipped.append({"key": entry.key, "file": entry.file, "reason": "landmark model found no face"})
+                        skipped.append(skip_record(entry, "landmark model found no face"))
                         continue
+                    names = recorded_names(entry)
                     key = sample_key(position, entry.key)
                     meta = {
-                        "source_key": entry.key,
-                        "file": entry.file,
-                        "identity": entry.identity,
+                        "source_key": names["key"],
+                        "file": names["file"],
+                        "identity": names["identity"],
                         "alignment": cfg.align,
                     }
                     rows.append(
@@ -179,9 +201,9 @@ def run_shard(
                             "shard": name,
                             "key": key,
                             "label": entry.label,
-                            "source": entry.key,
-                            "file": entry.file,
-                            "identity": entry.identity,
+                            "source": names["key"],
+                            "file": names["file"],
+                            "identity": names["identity"],
                             **stat,
                         }
                     )
@@ -242,6 +264,9 @@ def run_shards(
             results[index] = done
             if progress:
                 progress(len(plan.shard(index)))
+    if todo:
+        for summary in (INFO, MANIFEST):
+            (out_dir / summary).unlink(missing_ok=True)
     preparer = Preparer(source, cfg, decode_stored=landmarks.uses_pixels)
     entries = (entry for index in todo for _, entry in plan.shard(index))
     ahead = 2 * cfg.batch_size + 2 * cfg.workers
@@ -263,10 +288,15 @@ def finalize(
     total = np.sum([np.asarray(r.landmark_sum) for r in results], axis=0)
     num_samples = sum(r.num_samples for r in results)
     mean = total / max(1, num_samples)
-    skipped = source.listing_skipped + [s for r in results for s in r.skipped]
+    listed = [{key: printable(value) for key, value in s.items()} for s in source.listing_skipped]
+    skipped = listed + [s for r in results for s in r.skipped]
+    shards = [
+        {"name": r.name, "num_samples": r.num_samples, "sha256": r.sha256, "size": (out_dir / r.name).stat().st_size}
+        for r in results
+    ]
     info = {
         "format": FORMAT,
-        "shards": [{"name": r.name, "num_samples": r.num_samples, "sha256": r.sha256} for r in results],
+        "shards": shards,
         "num_shards": len(results),
         "num_samples": num_samples,
         "num_inputs": len(plan.entries),
@@ -281,19 +311,20 @@ def finalize(
         "landmark_mean": mean.round(4).tolist(),
         "flip_permutation": flip_permutation(mean, cfg.model.image_size),
         "num_labels": len({e.label for e in plan.entries if e.label >= 0}),
-        "source": source.description,
+        "source": {key: printable(v) if isinstance(v, str) else v for key, v in source.description.items()},
         "plan_fingerprint": plan.fingerprint,
         "config": config_to_dict(cfg),
     }
     write_manifest(out_dir, rows)
     write_info(out_dir, info)
     keep = set(names)
-    for stale in out_dir.glob("shard-*.tar*"):
+    leftovers = [*out_dir.glob(f"{INFO}.*.tmp"), *out_dir.glob(f"{MANIFEST}.*.tmp")]
+    for stale in [*out_dir.glob("shard-*.tar*"), *leftovers]:
         if stale.name not in keep:
-            stale.unlink()
+            stale.unlink(missing_ok=True)
     for part in (out_dir / PARTS).glob("*"):
         if part.name.removesuffix(".json") not in keep:
-            part.unlink()
+            part.unlink(missing_ok=True)
     return info
 
 
@@ -308,22 +339,57 @@ def precompute(
     progress: Progress | None = None,
     on_plan: Callable[[Plan], None] | None = None,
 ) -> PrecomputeResult:
-    """Write (or resume) the shard set of ``source_path`` in ``out_dir``; finalize when every shard exists."""
+    """Write (or resume) the shard set of ``source_path`` in ``out_dir``; finalize when every shard exists.
+
+    The whole run holds the folder lock; with ``shard_ids`` only those shards are locked while they are written,
+    and the folder lock is then tried for the finalize (skipped, leaving ``info`` None, while other jobs write).
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out_dir)
+    if shard_ids is None:
+        with folder_lock(out_dir):
+            source, landmarks = _open_inputs(source_path, cfg, fewshot, exclude_pairs)
+            plan, results = run_shards(source, out_dir, cfg, landmarks, None, progress, on_plan)
+            info = finalize(out_dir, plan, results, source, cfg, landmarks)
+        return PrecomputeResult(out_dir, plan.num_shards, *_work_done(results), info)
+    with shard_locks(out_dir, [shard_name(i) for i in sorted(set(shard_ids))]):
+        source, landmarks = _open_inputs(source_path, cfg, fewshot, exclude_pairs)
+        plan, results = run_shards(source, out_dir, cfg, landmarks, shard_ids, progress, on_plan)
+    info = None
+    try:
+        with folder_lock(out_dir):
+            found = [load_part(out_dir, shard_name(i), plan.fingerprint) for i in range(plan.num_shards)]
+            parts = [part for part in found if part is not None]
+            if len(parts) == plan.num_shards:
+                info = finalize(out_dir, plan, parts, source, cfg, landmarks)
+    except OutputLockedError:
+        log.info("%s: other writers are busy, finalize left to the last one", out_dir)
+    return PrecomputeResult(out_dir, plan.num_shards, *_work_done(results), info)
+
+
+def make_output_folder(out_dir: Path) -> None:
+    """Create the output folder (and its lock folder); DataError when that is impossible."""
+    try:
+        (out_dir / JOB_LOCKS).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(out_dir, f"cannot create the output folder ({exc.strerror or exc})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise DataError(out_dir, "output folder is not writable")
+
+
+def _open_inputs(
+    source_path: str | Path, cfg: ShardsConfig, fewshot: str | Path | None, exclude_pairs: str | Path | None
+) -> tuple[FaceSource, LandmarkSource]:
     source = open_source(source_path, fewshot=fewshot, exclude_pairs=exclude_pairs)
     landmarks = open_landmark_source(
         cfg.landmarks, cfg.model.num_landmarks, cfg.model.image_size, cfg.model.sampler_convention
     )
-    plan, results = run_shards(source, out_dir, cfg, landmarks, shard_ids, progress, on_plan)
-    written = [r.name for r in results if not r.reused]
-    reused = [r.name for r in results if r.reused]
-    if shard_ids is not None:
-        results = [load_part(out_dir, shard_name(i), plan.fingerprint) for i in range(plan.num_shards)]
-        if any(r is None for r in results):
-            return PrecomputeResult(out_dir, plan.num_shards, written, reused, None)
-    info = finalize(out_dir, plan, results, source, cfg, landmarks)
-    return PrecomputeResult(out_dir, plan.num_shards, written, reused, info)
+    return source, landmarks
+
+
+def _work_done(results: list[ShardResult]) -> tuple[list[str], list[str]]:
+    """(written, reused) shard names."""
+    return [r.name for r in results if not r.reused], [r.name for r in results if r.reused]
 
 
 def plan_shards(
@@ -334,8 +400,5 @@ def plan_shards(
     exclude_pairs: str | Path | None = None,
 ) -> Plan:
     """The plan alone (no decoding), so a scheduler can map ``precompute(..., shard_ids=[i])`` jobs over shards."""
-    source = open_source(source_path, fewshot=fewshot, exclude_pairs=exclude_pairs)
-    landmarks = open_landmark_source(
-        cfg.landmarks, cfg.model.num_landmarks, cfg.model.image_size, cfg.model.sampler_convention
-    )
+    source, landmarks = _open_inputs(source_path, cfg, fewshot, exclude_pairs)
     return make_plan(source, cfg, landmarks)

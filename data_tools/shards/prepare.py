@@ -41,7 +41,7 @@ class Preparer:
 
     def __init__(self, source: FaceSource, cfg: ShardsConfig, decode_stored: bool = True) -> None:
         self.source = source
-        self.align = make_aligner(cfg.align, cfg.model.image_size)
+        self.align = make_aligner(cfg.align, cfg.model.image_size, "BGR")
         self.quality = cfg.jpeg_quality
         self.decode_stored = decode_stored
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_tools.shards.manifest import read_info, read_manifest
+from data_tools.shards.manifest import MANIFEST, read_info, read_manifest
 from data_tools.shards.writer import file_sha256
 from lafs_core.errors import DataError
 
@@ -60,6 +60,8 @@ def verify_shards(shard_dir: str | Path) -> VerifyReport:
     shard_dir = Path(shard_dir)
     info = read_info(shard_dir)
     manifest = read_manifest(shard_dir)
+    if missing := {"shard", "key"} - set(manifest.column_names):
+        raise DataError(shard_dir / MANIFEST, f"not a shard manifest (no {', '.join(sorted(missing))} column)")
     report = VerifyReport(num_shards=len(info["shards"]))
     listed: dict[str, list[str]] = defaultdict(list)
     for shard, key in zip(manifest.column("shard").to_pylist(), manifest.column("key").to_pylist(), strict=True):

@@ -1,6 +1,7 @@
 """Atomic, byte-deterministic WebDataset tar shards.
 
-A shard is written to ``<name>.tmp``, flushed and fsync'ed, then renamed, so a reader never sees a partial shard.
+A shard is written to ``<name>.<pid>-<random>.tmp`` (a name no other writer uses), flushed and fsync'ed, then
+renamed, so a reader never sees a partial shard.
 Members carry fixed metadata (mtime 0, uid/gid 0, mode 0444, GNU format) and a fixed order, so the same samples
 always give the same bytes and the same sha256. Samples are streamed: they are written (and hashed) in groups of
 ``FLUSH_SAMPLES`` as the iterator yields them, so a producer can keep decoding while earlier samples are written, with
@@ -14,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -102,15 +104,24 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temporary_name(path: Path) -> Path:
+    """A temporary name beside ``path`` that is unique to this writer (pid and a random part)."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary name, fsync, rename."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -168,7 +179,7 @@ def sample_bytes(sample: ShardSample) -> bytes:
 def write_shard(path: str | Path, samples: Iterable[ShardSample]) -> tuple[str, int]:
     """Write ``samples`` as a tar at ``path`` atomically, hashing while writing; returns (sha256, sample count)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_name(path)
     digest = hashlib.sha256()
     count = size = 0
     pending: list[bytes] = []

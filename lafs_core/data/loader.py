@@ -13,16 +13,27 @@ the stored image, ``labels`` (B,) int64 (-1 unlabelled), ``keys`` list[str]; wit
 ``crops`` (B, V, 3, S, S) float 0..255, the clean warped views (for running a landmark model on every view). With
 ``images_map``, ``images`` is that function of the stored batch, computed in the loader workers (the supervised
 augmentation runs there, off the training step's critical path).
+
+Only verified data is used: each shard is read whole into memory and its size and sha256 are checked against
+``_info.json`` before any of its samples is decoded (hashing bytes already read costs a few percent of decoding them;
+shards over ``MAX_SHARD_IN_MEMORY`` are hashed from disk first). A shard that fails is skipped, with a warning naming
+it and the reason, and never tried again by that worker; a sample that still does not decode (or whose landmarks
+have the wrong shape) is skipped and counted the same way. Neither ends the run; a set whose every shard fails does,
+with a :class:`DataError`. Missing shards are refused when the loader is built.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
-import json
+import logging
+import os
+import tarfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -30,21 +41,155 @@ import torch
 import webdataset as wds
 from torch.utils.data import get_worker_info
 
+from data_tools.shards import manifest
 from lafs_core.data.views import ViewSpec, render_views, sample_views
 from lafs_core.errors import DataError
 
-INFO = "_info.json"
+log = logging.getLogger(__name__)
+
+INFO = manifest.INFO
+MAX_SHARD_IN_MEMORY = 256 << 20
+READ_CHUNK = 1 << 20
 
 
 def read_info(shard_dir: str | Path) -> dict[str, Any]:
-    """The shard set's ``_info.json``; DataError if the set is missing or unfinished."""
-    path = Path(shard_dir) / INFO
+    """The shard set's ``_info.json``; DataError if the set is missing, unfinished or malformed."""
+    return manifest.read_info(shard_dir)
+
+
+@dataclass
+class ShardCheck:
+    """What a shard must be (from ``_info.json``), and what this process skipped so far (shards, samples)."""
+
+    expected: dict[str, dict[str, Any]]
+    bad_shards: dict[str, str] = field(default_factory=dict)
+    bad_samples: int = 0
+
+    def skip_shard(self, url: str, problem: str) -> None:
+        """Remember a failed shard and warn once; DataError when no shard of the set is left."""
+        self.bad_shards[url] = problem
+        log.warning(
+            "skipping shard %s: %s (%d of %d shards skipped in this loader process)",
+            url,
+            problem,
+            len(self.bad_shards),
+            len(self.expected),
+        )
+        if len(self.bad_shards) == len(self.expected):
+            raise DataError(url, f"every shard of the set fails its check against {INFO} (last: {problem})")
+
+    def skip_sample(self, url: str, key: str, problem: str) -> None:
+        """Count a sample that cannot be used, with a warning."""
+        self.bad_samples += 1
+        log.warning(
+            "skipping sample %s of %s: %s (%d samples skipped in this loader process)",
+            key,
+            url,
+            problem,
+            self.bad_samples,
+        )
+
+
+def _hash_file(fh: BinaryIO) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    while chunk := fh.read(READ_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def read_verified(url: str, expected: dict[str, Any]) -> tuple[BinaryIO | None, str]:
+    """An open stream of the shard at ``url`` once its size and sha256 match ``expected``, else (None, problem)."""
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(path, "shard summary not found (run `lafs data shards` first)") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"malformed JSON ({exc})") from None
+        with open(url, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if "size" in expected and size != expected["size"]:
+                return None, f"{size} bytes, {INFO} says {expected['size']}"
+            if size <= MAX_SHARD_IN_MEMORY:
+                data = fh.read()
+                digest = hashlib.sha256(data).hexdigest()
+                stream: BinaryIO = io.BytesIO(data)
+            else:
+                digest = _hash_file(fh)[0]
+                stream = open(url, "rb")  # noqa: SIM115 - closed by the sample reader
+    except OSError as exc:
+        return None, f"cannot read ({exc.strerror or exc})"
+    if digest != expected["sha256"]:
+        stream.close()
+        return None, f"sha256 differs from {INFO} (changed or damaged since it was written)"
+    return stream, ""
+
+
+def verified_samples(urls: Iterable[dict[str, Any]], check: ShardCheck) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: shard urls -> raw samples (``__key__``, ``__url__`` and one entry per member) of verified
+    shards; shards that fail their check are skipped (see the module docstring)."""
+    for item in urls:
+        url = item["url"]
+        if url in check.bad_shards:
+            continue
+        stream, problem = read_verified(url, check.expected[url])
+        if stream is None:
+            check.skip_shard(url, problem)
+            continue
+        with stream:
+            yield from _tar_samples(url, stream, check)
+
+
+def _tar_samples(url: str, stream: BinaryIO, check: ShardCheck) -> Iterator[dict[str, Any]]:
+    sample: dict[str, Any] | None = None
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isreg():
+                    continue
+                key, _, ext = member.name.partition(".")
+                if sample is None or key != sample["__key__"]:
+                    if sample is not None:
+                        yield sample
+                    sample = {"__key__": key, "__url__": url}
+                data = tar.extractfile(member)
+                sample[ext] = data.read() if data is not None else b""
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        check.skip_shard(url, f"unreadable tar ({exc})")
+        return
+    if sample is not None:
+        yield sample
+
+
+class SafeDecode:
+    """Pipeline stage: raw samples -> decoded samples; one that does not decode, or whose image or landmarks have
+    the wrong shape, is skipped and counted."""
+
+    def __init__(self, check: ShardCheck, image_size: int, num_landmarks: int) -> None:
+        self.check = check
+        self.image_shape = (3, image_size, image_size)
+        self.landmark_shape = (num_landmarks, 2)
+
+    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Decode each sample, skipping the broken ones."""
+        for sample in samples:
+            url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
+            try:
+                decoded = decode_sample(sample)
+            except (DataError, KeyError, ValueError, OSError, cv2.error) as exc:
+                self.check.skip_sample(url, key, exc.problem if isinstance(exc, DataError) else repr(exc))
+                continue
+            if tuple(decoded["image"].shape) != self.image_shape:
+                self.check.skip_sample(url, key, f"image of shape {tuple(decoded['image'].shape)}")
+            elif tuple(decoded["landmarks"].shape) != self.landmark_shape:
+                self.check.skip_sample(url, key, f"landmarks of shape {tuple(decoded['landmarks'].shape)}")
+            else:
+                yield decoded
+
+
+def shard_check(shard_dir: str | Path, info: dict[str, Any]) -> ShardCheck:
+    """The per-shard expectations of a set; DataError naming the first listed shard that is not there."""
+    expected = {}
+    for shard, url in zip(info["shards"], shard_urls(shard_dir, info), strict=True):
+        if not Path(url).is_file():
+            raise DataError(url, f"shard listed in {INFO} is missing")
+        expected[url] = shard
+    return ShardCheck(expected)
 
 
 def shard_urls(shard_dir: str | Path, info: dict[str, Any]) -> list[str]:
@@ -68,7 +213,7 @@ def dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """Raw tar members -> image (3, H, W) uint8 RGB, landmarks (R, 2) float32, label, key."""
-    bgr = cv2.imdecode(np.frombuffer(sample["jpg"], np.uint8), cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.frombuffer(sample["jpg"], np.uint8), cv2.IMREAD_COLOR) if sample["jpg"] else None
     if bgr is None:
         raise DataError(sample.get("__url__", "?"), f"sample {sample['__key__']}: JPEG does not decode")
     image = torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).contiguous()
@@ -144,14 +289,15 @@ def train_loader(
     use torch's and Python's global random streams, which the DataLoader seeds per worker from the main process.
     """
     info = read_info(shard_dir)
+    check = shard_check(shard_dir, info)
     rank, world_size = dist_info(rank, world_size)
     stages: list[Any] = [
         wds.ResampledShards(
             shard_urls(shard_dir, info), seed=seed, worker_seed=partial(_worker_seed, rank), deterministic=True
         ),
-        wds.tarfile_to_samples(),
+        partial(verified_samples, check=check),
         partial(_seeded_shuffle, shuffle_buffer, seed, rank),
-        wds.map(decode_sample),
+        SafeDecode(check, info["image_size"], info["num_landmarks"]),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     ]
     if images_map is not None:
@@ -178,13 +324,14 @@ def eval_loader(
 ) -> wds.WebLoader:
     """Every sample exactly once over all ranks: shards split by rank, then by worker; last batch may be short."""
     info = read_info(shard_dir)
+    check = shard_check(shard_dir, info)
     rank, world_size = dist_info(rank, world_size)
     urls = _node_shards(shard_urls(shard_dir, info), rank, world_size)
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(urls),
         wds.split_by_worker,
-        wds.tarfile_to_samples(),
-        wds.map(decode_sample),
+        partial(verified_samples, check=check),
+        SafeDecode(check, info["image_size"], info["num_landmarks"]),
         wds.batched(batch_size, collation_fn=collate, partial=True),
     )
     workers = min(num_workers, len(urls))

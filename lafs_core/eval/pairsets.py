@@ -11,6 +11,7 @@ Named sets (``lfw-v1``, ``lfw-v2``, ``att``, ``yaleb``, ``yale``) resolve to the
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -23,11 +24,11 @@ from data_tools.readers.base import decode_rgb
 from lafs_core.env import shared_datasets
 from lafs_core.errors import DataError
 from lafs_core.eval.embed import ImageSource
-from lafs_core.eval.verification import contiguous_folds, stratified_folds
+from lafs_core.eval.verification import contiguous_folds, pairs_problem, stratified_folds
 
 log = logging.getLogger(__name__)
 
-Align = Literal["auto", "lfw-deepfunneled", "none"]
+Align = Literal["auto", "lfw-deepfunneled", "none", "detect"]
 ALIGNED_SIZE = 112
 MAX_SAME_PAIRS = 3000
 
@@ -53,9 +54,17 @@ def resize_center_crop(image: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarra
     return np.ascontiguousarray(resized[top : top + size, left : left + size])
 
 
-def _align(image: np.ndarray, align: str, source: str) -> np.ndarray:
+def _align(image: np.ndarray, align: str, source: str) -> np.ndarray | None:
     if align == "lfw-deepfunneled":
         return fixed_crop(image, LFW_DEEPFUNNELED, source)[0]
+    if align == "detect":
+        from data_tools.detect import detect_align
+
+        try:
+            return detect_align(image, source)[0]
+        except DataError:
+            log.warning("skipping %s: no face found", source)
+            return None
     return resize_center_crop(image)
 
 
@@ -78,7 +87,11 @@ class FileImages:
         if image is None:
             log.warning("skipping %s: cannot read or decode", path)
             return None
-        return _align(image, self.align, str(path))
+        try:
+            return _align(image, self.align, str(path))
+        except DataError as exc:
+            log.warning("skipping %s: %s", path, exc.problem)
+            return None
 
 
 class EncodedImages:
@@ -125,6 +138,19 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.issame)
 
+    def check_readable(self, readable: np.ndarray) -> np.ndarray:
+        """The pairs whose two images are ``readable`` (a flag per image); DataError naming the set's source when
+        that leaves no pairs, an empty fold (it would silently drop out of the k folds) or a single class."""
+        keep = np.asarray(readable, dtype=bool)[self.pairs].all(axis=1)
+        n_folds = int(self.folds.max()) + 1 if self.folds.size else 0
+        problem = pairs_problem(self.issame[keep], self.folds[keep], n_folds)
+        if problem is not None:
+            lost = len(readable) - int(np.count_nonzero(readable))
+            raise DataError(self.source or self.name, f"{lost} of its {len(readable)} images are missing: {problem}")
+        if not keep.all():
+            log.warning("%s: %d of %d pairs left out (missing images)", self.source, int((~keep).sum()), keep.size)
+        return keep
+
     def cached(self) -> PairSet:
         """The same set with every image decoded and aligned once, kept in memory (~37 KB per image)."""
         images = np.zeros((len(self.images), ALIGNED_SIZE, ALIGNED_SIZE, 3), dtype=np.uint8)
@@ -151,7 +177,7 @@ def lfw_pair_set(pairs_file: Path, images_root: Path | None = None, align: str =
     parsed = read_pairs(pairs_file, images_root)
     keys = [str(p) for pair in parsed.pairs for p in (pair.path1, pair.path2)]
     distinct, index = _unique_images(keys)
-    return PairSet(
+    pair_set = PairSet(
         name=pairs_file.stem,
         images=FileImages([Path(k) for k in distinct], align),
         pairs=index.reshape(-1, 2),
@@ -160,6 +186,8 @@ def lfw_pair_set(pairs_file: Path, images_root: Path | None = None, align: str =
         source=str(pairs_file),
         fold_rule="lfw-view2-folds" if parsed.view == 2 else "stratified",
     )
+    pair_set.check_readable(np.array([os.path.isfile(key) for key in distinct], dtype=bool))
+    return pair_set
 
 
 def bin_pair_set(path: Path, align: str = "none", n_folds: int = 10) -> PairSet:

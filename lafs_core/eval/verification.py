@@ -4,6 +4,10 @@ Per fold: choose the threshold that maximises accuracy on the other folds, repor
 the result is mean +- std (population std, as the official code) over folds. A pair is predicted "same" when its
 distance is ``< threshold``. Thresholds are either the official grid (``0:0.01:4`` on squared L2) or ``exact``:
 every cut between consecutive distinct training distances (the best any threshold can do on the training folds).
+
+Pairs with an unreadable image are left out by the callers; what is left must still hold every fold and both
+classes, else :class:`DataError` says which fold is empty (a 10-fold result silently computed over 9 folds, or an ROC
+over one class, would be wrong, not just noisy).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from lafs_core.errors import DataError
 from lafs_core.eval.roc import DEFAULT_FARS, TarMethod, auc, roc_curve, tar_at_far
 
 Metric = Literal["sq_l2", "cosine"]
@@ -119,19 +124,40 @@ def best_threshold(
     return float(thresholds[int(np.argmax(accuracy_curve(distances, issame, thresholds)))])
 
 
+def pairs_problem(issame: np.ndarray, folds: np.ndarray, n_folds: int | None = None) -> str | None:
+    """Why these pairs cannot give a k-fold result and an ROC, or ``None``: a fold (of ``n_folds``, else of the
+    folds 0..max seen) has no pairs, or only one class is left."""
+    issame, folds = np.asarray(issame, dtype=bool), np.asarray(folds)
+    if issame.size == 0:
+        return "no pairs left to evaluate (every pair has an unreadable image)"
+    expected = n_folds if n_folds is not None else int(folds.max()) + 1
+    empty = sorted(set(range(expected)) - set(np.unique(folds).tolist()))
+    if empty:
+        return f"fold {', '.join(map(str, empty))} of {expected} has no pairs left (their images are unreadable)"
+    if issame.all() or not issame.any():
+        kind = "same" if issame.all() else "different"
+        return f"only {kind}-identity pairs are left: accuracy and ROC need both"
+    return None
+
+
 def ten_fold_accuracy(
     distances: np.ndarray,
     issame: np.ndarray,
     folds: np.ndarray,
     mode: ThresholdMode = "exact",
     grid: np.ndarray = OFFICIAL_GRID,
+    n_folds: int | None = None,
+    source: str = "pair set",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-fold held-out accuracy and the threshold chosen on the other folds."""
+    """Per-fold held-out accuracy and the threshold chosen on the other folds; DataError naming ``source`` when a
+    fold is empty (see :func:`pairs_problem`)."""
     distances = np.asarray(distances, dtype=np.float64)
     issame = np.asarray(issame, dtype=bool)
     folds = np.asarray(folds)
     if not distances.shape == issame.shape == folds.shape:
         raise ValueError("distances, issame and folds must have the same length")
+    if problem := pairs_problem(issame, folds, n_folds):
+        raise DataError(source, problem)
     fold_ids = np.unique(folds)
     accs = np.empty(fold_ids.size)
     thresholds = np.empty(fold_ids.size)
@@ -150,9 +176,11 @@ def evaluate_distances(
     mode: ThresholdMode = "exact",
     fars: tuple[float, ...] = DEFAULT_FARS,
     tar_method: TarMethod = "interp",
+    n_folds: int | None = None,
+    source: str = "pair set",
 ) -> VerificationResult:
     """The full verification result for pair distances: 10-fold accuracy, ROC, TAR@FAR and AUC."""
-    accs, thresholds = ten_fold_accuracy(distances, issame, folds, mode)
+    accs, thresholds = ten_fold_accuracy(distances, issame, folds, mode, n_folds=n_folds, source=source)
     roc = roc_curve(-np.asarray(distances, dtype=np.float64), issame)
     return VerificationResult(
         fold_accuracies=accs,
@@ -174,8 +202,12 @@ def evaluate_embeddings(
     metric: Metric = "sq_l2",
     mode: ThresholdMode = "exact",
     fars: tuple[float, ...] = DEFAULT_FARS,
+    n_folds: int | None = None,
+    source: str = "pair set",
 ) -> VerificationResult:
-    """Verification result for paired embeddings (row i of ``emb1`` vs row i of ``emb2``)."""
+    """Verification result for paired embeddings (row i of ``emb1`` vs row i of ``emb2``); ``n_folds`` (the folds
+    the set was made with) lets a lost last fold be reported too, ``source`` names the set in errors."""
     if mode == "grid" and metric != "sq_l2":
         raise ValueError("the official threshold grid is defined on squared L2 distances")
-    return evaluate_distances(pair_distances(emb1, emb2, metric), issame, folds, metric, mode, fars)
+    distances = pair_distances(emb1, emb2, metric)
+    return evaluate_distances(distances, issame, folds, metric, mode, fars, n_folds=n_folds, source=source)

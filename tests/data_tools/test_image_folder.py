@@ -140,3 +140,20 @@ def test_sniff_image_magic_bytes() -> None:
     assert sniff_image(b"P5\n92 112\n255\n") == "pnm"
     assert sniff_image(b"P5x") is None
     assert sniff_image(b"This directory contains") is None
+
+
+def test_links_that_would_list_images_twice_or_never_end_are_skipped(shared_datasets: Path, tmp_path: Path) -> None:
+    root = tmp_path / "faces"
+    for person in ("s1", "s2"):
+        shutil.copytree(shared_datasets / "att_faces" / "att_faces" / person, root / person)
+    (root / "self").symlink_to(".")
+    (root / "parent").symlink_to("..")
+    (root / "alias").symlink_to("s1")
+    (root / "loop").symlink_to("loop")
+    (root / "s3").symlink_to(shared_datasets / "att_faces" / "att_faces" / "s3")
+    folder = ImageFolder(root)
+    assert (len(folder), folder.identities) == (30, ["s1", "s2", "s3"])
+    reasons = {Path(u.file).name: u.reason for u in folder.unreadable}
+    assert set(reasons) == {"self", "parent", "alias", "loop"}
+    assert "holds this folder" in reasons["self"] and "holds this folder" in reasons["parent"]
+    assert "listed already" in reasons["alias"] and "Too many levels of symbolic links" in reasons["loop"]

@@ -213,3 +213,10 @@ def test_concurrent_reads_from_threads_and_a_forked_child(tmp_path: Path) -> Non
         assert all(pool.map(read_shuffled, range(8)))
     child.join(timeout=60)
     assert child.exitcode == 0
+
+
+def test_a_length_field_claiming_more_than_the_file_is_refused_before_reading(tmp_path: Path) -> None:
+    (tmp_path / "l.rec").write_bytes(struct.pack("<II", MAGIC, (1 << 29) - 1) + b"abcd")
+    for read in (lambda f: f.read_at(0), lambda f: list(f.stream())):
+        with pytest.raises(DataError, match=r"l\.rec: truncated record at byte 0: claims 536870911 bytes, the file"):
+            read(RecordFile(tmp_path / "l.rec"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from data_tools.readers.recordio import write_insightface_rec
+from data_tools.readers.recordio import IRHeader, RecordIOWriter, pack_record, write_insightface_rec
 from data_tools.readers.verification_bin import write_verification_bin
 from lafs_core.cli.main import app
 from lafs_core.errors import DataError
@@ -66,10 +67,17 @@ def test_scan_recordio_bin_and_pairs(tmp_path: Path, shared_datasets: Path) -> N
     assert (report["format"], report["details"]["pairs"], report["details"]["folds"]) == ("lfw-pairs", 6000, 10)
 
 
-def _lafs(*args: str) -> subprocess.CompletedProcess[str]:
+def _lafs(*args: str, memory_limit: int | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a child process, optionally with its address space capped at ``memory_limit`` bytes."""
     code = "from lafs_core.cli.main import main; main()"
     env = {**os.environ, "COLUMNS": "1000"}  # rich wraps the error line at 80 columns when stderr is not a terminal
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
+
+    def cap() -> None:
+        if memory_limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+    command = [sys.executable, "-c", code, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, preexec_fn=cap)
 
 
 class _Evil:
@@ -90,3 +98,29 @@ def test_refused_and_unreadable_inputs_exit_2_with_one_line(tmp_path: Path) -> N
         outcome = CliRunner().invoke(app, ["data", "scan", str(target), "--json"])
         assert isinstance(outcome.exception, DataError) and outcome.stdout == ""
         assert str(outcome.exception).startswith(f"{target}: {message}")
+
+
+def test_odd_paths_and_inconsistent_recordio_headers(tmp_path: Path) -> None:
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    for target, message in [("loop", "symbolic link loop"), ("dangling", "dangling symbolic link (to nowhere)")]:
+        result = _lafs("data", "scan", str(tmp_path / target))
+        assert result.returncode == 2 and result.stderr.strip() == f"error: {tmp_path / target}: {message}"
+    faces = [(np.full((16, 16, 3), 40 * i, np.uint8), label) for i, label in enumerate([0, 0, 1])]
+    claims = {"billion": ([1e9, 1e9 + 64], []), "ranges": ([4, 6], [[3, 1], [1, 40]])}
+    for name, (header0, ranges) in claims.items():
+        with RecordIOWriter(tmp_path / name / "t.rec") as writer:
+            writer.write(0, pack_record(IRHeader(2, np.array(header0, np.float32)), b""))
+            for key, (image, label) in enumerate(faces, 1):
+                writer.write_image(key, IRHeader(0, float(label), key, 0), image)
+            for key, span in enumerate(ranges, 4):
+                writer.write(key, pack_record(IRHeader(2, np.array(span, np.float32)), b""))
+    result = _lafs("data", "scan", str(tmp_path / "billion"), memory_limit=1536 << 20)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: {tmp_path / 'billion' / 't.rec'}: header0 claims 999999999 images and 64 identities "
+                     "(keys 1..1000000063), but the index holds 4 records"]  # fmt: skip
+    report = _scan_json(str(tmp_path / "ranges"))
+    assert (report["images"], report["identities"]) == (3, 2)
+    assert (report["per_identity"]["min"], report["per_identity"]["max"]) == (1, 2)
+    assert report["details"]["identity_ranges"].startswith("inconsistent, counted from the image labels instead: ")

@@ -105,3 +105,12 @@ def test_malformed_bins_raise(tmp_path: Path) -> None:
     data = VerificationBin(tmp_path / "junk.bin")
     assert list(data) == []
     assert [u.reason for u in data.unreadable] == ["image does not decode"] * 2
+
+
+def test_length_claims_beyond_the_file_are_refused_without_allocating(tmp_path: Path) -> None:
+    claims = {"bytes8": b"\x8e", "bytearray8": b"\x96"}  # opcodes whose data the unpickler allocates before reading
+    for name, opcode in claims.items():
+        data = b"\x80\x05" + opcode + (1 << 40).to_bytes(8, "little") + b"abc"
+        (tmp_path / f"{name}.bin").write_bytes(data)
+        with pytest.raises(DataError, match=rf"{name}\.bin: not a valid pickle: .*1099511627776 bytes"):
+            load_verification_bin(tmp_path / f"{name}.bin")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,10 +16,12 @@ import psutil
 import pytest
 
 from data_tools.fewshot import select_fewshot
+from data_tools.shards.lock import FOLDER_LOCK
 from data_tools.shards.manifest import read_manifest
 from data_tools.shards.precompute import precompute
 from data_tools.shards.verify import verify_shards
 from data_tools.shards.writer import ShardSample, file_sha256, write_shard
+from lafs_core.errors import DataError
 
 
 class CrashError(Exception):
@@ -198,10 +202,36 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(face_folder, make_conf
     visible = shard_files(out)
     assert list(visible) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert all(visible[name] == file_sha256(reference / name) for name in visible)
-    assert [p.name for p in out.glob("*.tmp")] == ["shard-000003.tar.tmp"]
+    leftovers = [p.name for p in out.glob("*.tmp")]
+    assert len(leftovers) == 1 and re.fullmatch(r"shard-000003\.tar\.\d+-[0-9a-f]{8}\.tmp", leftovers[0]), leftovers
     assert not (out / "_info.json").exists()
+    assert (out / FOLDER_LOCK).is_file(), "the killed run's lock stays behind (stale: its pid is gone)"
     precompute(face_folder, out, cfg)
     assert not list(out.glob("*.tmp"))
+    assert not (out / FOLDER_LOCK).exists()
     assert shard_files(out) == shard_files(reference)
     for name in ("_info.json", "manifest.parquet"):
         assert (out / name).read_bytes() == (reference / name).read_bytes()
+
+
+def test_file_name_that_is_not_utf8_is_written_and_traceable(datasets_root, make_config, tmp_path):
+    faces = tmp_path / "faces"
+    src = datasets_root / "att_faces" / "att_faces"
+    for person in ("s1", "s2"):
+        (faces / person).mkdir(parents=True)
+        for j in (1, 2):
+            shutil.copy(src / person / f"{j}.pgm", faces / person / f"{j}.pgm")
+    odd = os.fsdecode(b"caf\xe9 \xff.pgm")
+    shutil.copy(src / "s2" / "3.pgm", faces / "s2" / odd)
+    out = tmp_path / "shards"
+    result = precompute(faces, out, make_config(workers=1))
+    assert result.info is not None and result.info["num_samples"] == 5
+    assert verify_shards(out).ok
+    rows = {row["source"]: row for row in read_manifest(out).to_pylist()}
+    assert rows["s2/caf\\xe9 \\xff.pgm"]["file"] == str(faces / "s2" / "caf\\xe9 \\xff.pgm")
+
+
+def test_an_output_path_that_is_a_file_is_one_error(face_folder, make_config, tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    with pytest.raises(DataError, match=r"taken: cannot create the output folder \(Not a directory\)"):
+        precompute(face_folder, tmp_path / "taken", make_config())

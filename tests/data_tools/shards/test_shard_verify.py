@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -70,3 +75,36 @@ def test_text_output_names_shards_and_samples(shard_set):
     result = CliRunner().invoke(app, ["data", "verify", str(shard_set)])
     assert result.exit_code == 0
     assert "4 shards, 60 samples" in result.output
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda info: info.update(shards=5), "malformed shard summary: 'shards' is not a list"),
+        (lambda info: info["shards"][1].update(name="../../etc/passwd"), "'../../etc/passwd' is not a shard file"),
+        (lambda info: info["shards"][0].update(num_samples="ten"), "shards[0].num_samples 'ten' is not a count"),
+        (lambda info: info["shards"][2].pop("sha256"), "shards[2].sha256 None is not a sha256"),
+        (lambda info: info.pop("num_samples"), "'num_samples' is not a count"),
+    ],
+)
+def test_malformed_summary_is_one_line_exit_2(copy, edit, message):
+    info = json.loads((copy / "_info.json").read_text())
+    edit(info)
+    (copy / "_info.json").write_text(json.dumps(info))
+    result = lafs("data", "verify", str(copy))
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {copy / '_info.json'}: ") and message in lines[0], lines
+
+
+def test_manifest_of_another_table_is_one_line_exit_2(copy):
+    pq.write_table(pa.table({"name": ["x"]}), copy / "manifest.parquet")
+    result = lafs("data", "verify", str(copy))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {copy / 'manifest.parquet'}: not a shard manifest (no key, shard column)"
+
+
+def lafs(*args):
+    code = "from lafs_core.cli.main import main; main()"
+    env = {**os.environ, "COLUMNS": "1000"}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)

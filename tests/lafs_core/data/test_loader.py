@@ -14,12 +14,14 @@ import torch
 import torch.multiprocessing as mp
 from _loader_rank_job import rank_job
 
-from data_tools.shards.manifest import read_manifest
+from data_tools.shards.manifest import read_manifest, write_info
 from data_tools.shards.precompute import precompute
+from data_tools.shards.writer import ShardSample, write_shard
 from lafs_core.config import load_config
 from lafs_core.config.data import ShardsConfig
 from lafs_core.data.loader import batches_per_epoch, eval_loader, read_info, train_loader
 from lafs_core.data.views import ViewSpec, apply_affine
+from lafs_core.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +110,61 @@ def test_train_loader_is_reproducible_per_seed(shard_dir):
     first = keys(3)
     assert keys(3) == first
     assert keys(4) != first
+
+
+def damaged_copy(shard_dir: Path, dest: Path) -> tuple[Path, set[str]]:
+    """A copy of the set with a flipped byte inside a JPEG of shard 3 and shard 5 cut short; the keys of both."""
+    shutil.copytree(shard_dir, dest)
+    rows = read_manifest(dest).to_pylist()
+    lost = {row["key"] for row in rows if row["shard"] in ("shard-000003.tar", "shard-000005.tar")}
+    data = bytearray((dest / "shard-000003.tar").read_bytes())
+    data[data.index(b"\xff\xd8\xff") + 600] ^= 0xFF
+    (dest / "shard-000003.tar").write_bytes(bytes(data))
+    (dest / "shard-000005.tar").write_bytes((dest / "shard-000005.tar").read_bytes()[:3000])
+    return dest, lost
+
+
+def test_damaged_shards_are_skipped_with_a_warning_and_the_run_goes_on(shard_dir, tmp_path, caplog):
+    damaged, lost = damaged_copy(shard_dir, tmp_path / "damaged")
+    with caplog.at_level("WARNING", logger="lafs_core.data.loader"):
+        seen = [key for batch in eval_loader(damaged, 16) for key in batch["keys"]]
+    assert len(seen) == 100 and not lost & set(seen)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("shard-000003.tar: sha256 differs" in w for w in warnings), warnings
+    assert any("shard-000005.tar: " in w and "bytes, _info.json says" in w for w in warnings), warnings
+    trained = [key for _ in range(2) for batch in train_loader(damaged, 16, num_workers=2) for key in batch["keys"]]
+    assert len(trained) == 2 * 7 * 16 and not lost & set(trained)
+
+
+def test_a_sample_that_does_not_decode_is_skipped_and_counted(shard_dir, tmp_path, caplog):
+    out = tmp_path / "set"
+    shutil.copytree(shard_dir, out)
+    with tarfile.open(out / "shard-000002.tar") as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    keys = list(dict.fromkeys(name.split(".")[0] for name, _ in members))
+    by_key = {key: {name.split(".", 1)[1]: data for name, data in members if name.startswith(key)} for key in keys}
+    samples = [
+        ShardSample(k, b"\xff\xd8\xffnot a jpeg" if i == 4 else m["jpg"], np.load(io.BytesIO(m["lmk.npy"])),
+                    int(m["cls"]), json.loads(m["json"]))
+        for i, (k, m) in enumerate(by_key.items())
+    ]  # fmt: skip
+    sha, _ = write_shard(out / "shard-000002.tar", samples)
+    info = read_info(out)
+    info["shards"][2].update(sha256=sha, size=(out / "shard-000002.tar").stat().st_size)
+    write_info(out, info)
+    with caplog.at_level("WARNING", logger="lafs_core.data.loader"):
+        seen = [key for batch in eval_loader(out, 16) for key in batch["keys"]]
+    assert len(seen) == 119 and keys[4] not in seen
+    assert any(f"skipping sample {keys[4]} of " in r.getMessage() for r in caplog.records)
+
+
+def test_a_set_with_no_usable_shard_stops_with_one_error(shard_dir, tmp_path):
+    out = tmp_path / "set"
+    shutil.copytree(shard_dir, out)
+    for shard in out.glob("shard-*.tar"):
+        shard.write_bytes(shard.read_bytes()[:-1024])
+    with pytest.raises(DataError, match=r"every shard of the set fails its check against _info\.json"):
+        list(eval_loader(out, 16))
+    (out / "shard-000007.tar").unlink()
+    with pytest.raises(DataError, match=r"shard-000007\.tar: shard listed in _info.json is missing"):
+        train_loader(out, 16)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,10 +16,14 @@ import torch
 from torch import nn
 
 from data_tools.readers.verification_bin import write_verification_bin
+from lafs_core.config import load_config
+from lafs_core.config.loader import StageConfig
 from lafs_core.env import shared_datasets
 from lafs_core.errors import DataError
-from lafs_core.eval.pairsets import balanced_pairs, load_pair_set, resize_center_crop
+from lafs_core.eval.pairsets import FileImages, balanced_pairs, load_pair_set, resize_center_crop
 from lafs_core.eval.probe import probe_verification, verify_pair_set
+from lafs_core.models.build import build_face_model
+from lafs_core.models.checkpoint import save_model_checkpoint
 
 LFW = shared_datasets() / "lfw_deepfunneled"
 ATT = shared_datasets() / "att_faces" / "att_faces"
@@ -134,3 +143,64 @@ def test_resize_center_crop_keeps_the_centre():
     out = resize_center_crop(image)
     assert out.shape == (112, 112, 3)
     assert out[:, :50].max() == 0 and out[:, 62:].min() == 255
+
+
+def small_lfw_view1(root: Path) -> tuple[Path, Path, list[tuple[str, str]]]:
+    """A 10-fold View-1 style pair file (10 same + 10 different pairs, one of each per fold) over a copy of the
+    LFW images it names; returns (pair file, image root, the two image paths of each pair in file order)."""
+    people = [p.name for p in sorted((LFW / "lfw-deepfunneled").iterdir()) if (p / f"{p.name}_0002.jpg").is_file()]
+    same, diff = people[:10], people[10:30]
+    couples = list(zip(diff[::2], diff[1::2], strict=True))
+    lines = ["10"] + [f"{n}\t1\t2" for n in same] + [f"{a}\t1\t{b}\t1" for a, b in couples]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    images = root / "images"
+    pairs = [(f"{n}/{n}_0001.jpg", f"{n}/{n}_0002.jpg") for n in same]
+    pairs += [(f"{a}/{a}_0001.jpg", f"{b}/{b}_0001.jpg") for a, b in couples]
+    for rel in {rel for pair in pairs for rel in pair}:
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(LFW / "lfw-deepfunneled" / rel, images / rel)
+    return root / "pairs.txt", images, pairs
+
+
+def test_missing_images_that_empty_a_fold_or_the_set_are_refused(tmp_path):
+    pairs_file, images, pairs = small_lfw_view1(tmp_path)
+    full = load_pair_set(pairs_file, images)
+    assert verify_pair_set(PixelModel(), full, batch_size=40).result.folds == 10
+    for rel in (*pairs[3], *pairs[13]):  # fold 3: its same pair (row 3) and its different pair (row 13)
+        (images / rel).unlink()
+    with pytest.raises(DataError, match=rf"{pairs_file}: 4 of its 40 images are missing: fold 3 of 10 has no pairs"):
+        load_pair_set(pairs_file, images)
+    for rel in pairs[13]:
+        (images / rel).parent.mkdir(exist_ok=True)
+        shutil.copy(LFW / "lfw-deepfunneled" / rel, images / rel)
+    kept = verify_pair_set(PixelModel(), load_pair_set(pairs_file, images), batch_size=40)
+    assert (kept.result.folds, kept.result.pairs, kept.pairs_skipped) == (10, 19, 1)
+    shutil.rmtree(images)
+    images.mkdir()
+    with pytest.raises(DataError, match="40 of its 40 images are missing: no pairs left to evaluate"):
+        load_pair_set(pairs_file, images)
+
+
+def test_pair_file_with_all_images_missing_is_one_line_exit_2(tmp_path):
+    pairs_file, images, _ = small_lfw_view1(tmp_path)
+    shutil.rmtree(images)
+    images.mkdir()
+    torch.manual_seed(0)
+    model = build_face_model(load_config(StageConfig, preset="tiny").model, with_landmark_cnn=False)
+    checkpoint = save_model_checkpoint(tmp_path / "tiny.pt", model, "tiny", "test")
+    code = "from lafs_core.cli.main import main; main()"
+    args = ["eval", "verify", "--model", str(checkpoint), "--pairs", str(pairs_file), "--images", str(images)]
+    env = {**os.environ, "COLUMNS": "1000"}
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {pairs_file}: 40 of its 40 images are missing: no pairs left to evaluate "
+        "(every pair has an unreadable image)"
+    ]
+
+
+def test_an_image_the_fixed_crop_cannot_take_is_skipped_not_fatal(tmp_path):
+    cv2.imwrite(str(tmp_path / "small.jpg"), np.full((100, 80, 3), 128, np.uint8))
+    images = FileImages([tmp_path / "small.jpg", LFW / "lfw-deepfunneled" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"],
+                        "lfw-deepfunneled")  # fmt: skip
+    assert images.load(0) is None and images.load(1).shape == (112, 112, 3)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lafs_core.errors import DataError
 from lafs_core.eval.verification import (
     OFFICIAL_GRID,
     contiguous_folds,
+    evaluate_distances,
     evaluate_embeddings,
     pair_distances,
     stratified_folds,
@@ -113,3 +115,18 @@ def test_embedding_distances_and_metric_equivalence():
     np.testing.assert_allclose(sq.fold_thresholds, 2 * cos.fold_thresholds, atol=1e-5)
     assert 0.8 < sq.accuracy_mean <= 1.0
     assert sq.pairs == 200 and sq.folds == 10
+
+
+def test_a_fold_or_a_class_left_without_pairs_is_reported_not_dropped():
+    distances, issame, folds = hand_made_set()
+    keep = folds != 2
+    with pytest.raises(DataError, match=r"^lfw: fold 2 of 4 has no pairs left"):
+        ten_fold_accuracy(distances[keep], issame[keep], folds[keep], source="lfw")
+    keep = folds != 3
+    evaluate_distances(distances[keep], issame[keep], folds[keep])  # the last fold: only n_folds can tell
+    with pytest.raises(DataError, match=r"^pair set: fold 3 of 4 has no pairs left"):
+        evaluate_distances(distances[keep], issame[keep], folds[keep], n_folds=4)
+    with pytest.raises(DataError, match="only different-identity pairs are left"):
+        evaluate_distances(distances[~issame], issame[~issame], folds[~issame])
+    with pytest.raises(DataError, match="no pairs left to evaluate"):
+        evaluate_embeddings(np.zeros((0, 4)), np.zeros((0, 4)), issame[:0], folds[:0])

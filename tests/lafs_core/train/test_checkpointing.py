@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lafs_core.errors import ConfigError
+from lafs_core.errors import ConfigError, DataError
 from lafs_core.train.checkpointing import (
     StopRequest,
     atomic_torch_save,
@@ -73,3 +73,44 @@ def test_sigterm_sets_the_stop_flag() -> None:
         assert stop.signum == signal.SIGTERM
     finally:
         stop.restore()
+
+
+def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, caplog) -> None:
+    for step in (10, 20, 30, 40):
+        atomic_torch_save({"step": step, "w": torch.full((64, 64), float(step))}, step_checkpoint_path(tmp_path, step))
+    newest = step_checkpoint_path(tmp_path, 40)
+    newest.write_bytes(newest.read_bytes()[:5000])
+    torch.save({"fn": os.getcwd}, step_checkpoint_path(tmp_path, 30))
+    with caplog.at_level("WARNING", logger="lafs_core.train.checkpointing"):
+        chosen = resolve_resume("auto", tmp_path)
+    assert chosen == step_checkpoint_path(tmp_path, 20) and load_checkpoint(chosen)["step"] == 20
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith(f"skipping checkpoint {newest}: truncated or not a checkpoint (")
+    assert said[1].startswith(f"skipping checkpoint {step_checkpoint_path(tmp_path, 30)}: refused by weights_only")
+    assert "posix.getcwd" in said[1] and said[2] == f"resuming from {chosen}, the newest intact checkpoint"
+    flipped = bytearray(chosen.read_bytes())
+    flipped[len(flipped) // 2] ^= 1
+    chosen.write_bytes(bytes(flipped))
+    assert resolve_resume("auto", tmp_path) == step_checkpoint_path(tmp_path, 10)
+    assert "step_00000020.pt: damaged: record" in caplog.records[-2].getMessage()
+    step_checkpoint_path(tmp_path, 10).write_bytes(b"")
+    with pytest.raises(DataError, match=r"checkpoints: no intact checkpoint to resume from \(step_00000040\.pt: trunc"):
+        resolve_resume("auto", tmp_path)
+
+
+def test_a_bad_checkpoint_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    evil, cut, other = tmp_path / "evil.pt", tmp_path / "cut.pt", tmp_path / "list.pt"
+    torch.save({"fn": os.system}, evil)
+    atomic_torch_save({"w": torch.ones(256, 256)}, cut)
+    cut.write_bytes(cut.read_bytes()[:-100])
+    torch.save([1, 2], other)
+    cases = [
+        (evil, "refused by weights_only loading: its pickle names posix.system"),
+        (cut, "truncated or not a checkpoint"),
+        (other, "not a checkpoint (holds a list, not a dict)"),
+    ]
+    for path, problem in cases:
+        for call in (resolve_resume, lambda p, _: load_checkpoint(p)):
+            with pytest.raises(DataError) as caught:
+                call(str(path), tmp_path)
+            assert str(caught.value).startswith(f"{path}: {problem}") and "\n" not in str(caught.value)
