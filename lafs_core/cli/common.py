@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI sub-commands: config options and JSON output."""
+"""Helpers shared by the CLI sub-commands: config options, JSON output, and loading a model for inference."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ OverridesArgument = Annotated[
     list[str] | None, typer.Argument(help="key=value overrides, e.g. train.steps=100 model.depth=4")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object instead of text")]
+ModelOption = Annotated[Path, typer.Option("--model", "-m", help="model checkpoint (ours or an official file)")]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass (x2 with flip)")]
+WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="image decoding worker processes")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")]
 
 
 def stage_config(cls: type[C], config: Path | None, preset: str | None, overrides: list[str] | None) -> C:
@@ -29,3 +33,26 @@ def stage_config(cls: type[C], config: Path | None, preset: str | None, override
 def print_json(obj: Any) -> None:
     """Print one JSON object on stdout."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def torch_device(name: str) -> Any:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(path: Path, device: Any) -> Any:
+    """A ``FaceModel`` from a checkpoint, on ``device``, in eval mode."""
+    from lafs_core.models.checkpoint import load_face_model
+
+    return load_face_model(path).to(device).eval()
+
+
+def autocast_dtype(device: Any) -> Any:
+    """bfloat16 autocast on CUDA, none (float32) on the CPU."""
+    import torch
+
+    return torch.bfloat16 if device.type == "cuda" else None

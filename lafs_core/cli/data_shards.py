@@ -14,7 +14,7 @@ def shards(
     source: Annotated[Path, typer.Argument(help="face data: image folder, .rec/.idx, .bin, ...")],
     out: Annotated[Path, typer.Argument(help="output folder for shards + manifest")],
     landmarks: Annotated[str | None, typer.Option(help="grid | cnn:PATH | mediapipe")] = None,
-    align: Annotated[str | None, typer.Option(help="lfw-deepfunneled | none | five-point")] = None,
+    align: Annotated[str | None, typer.Option(help="lfw-deepfunneled | none | detect (raw photos)")] = None,
     shard_size: Annotated[int | None, typer.Option(help="samples per shard")] = None,
     workers: Annotated[int | None, typer.Option(help="decode/align/encode worker processes")] = None,
     fewshot: Annotated[Path | None, typer.Option(help="keep only the images of this few-shot list")] = None,

@@ -1,4 +1,4 @@
-"""``lafs eval``: verification, IJB, registry and comparison of runs."""
+"""``lafs eval``: verification, 1:N identification, IJB, registry and comparison of runs."""
 
 from __future__ import annotations
 
@@ -11,39 +11,27 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from lafs_core.cli.common import JsonOption, print_json
+from lafs_core.cli.common import (
+    BatchOption,
+    DeviceOption,
+    JsonOption,
+    ModelOption,
+    WorkersOption,
+    autocast_dtype,
+    load_model,
+    print_json,
+    torch_device,
+)
 
-app = typer.Typer(help="Evaluate models: 10-fold verification, IJB-B/C, registry aliases.", no_args_is_help=True)
+app = typer.Typer(
+    help="Evaluate models: 10-fold verification, 1:N identification, IJB-B/C, registry aliases.", no_args_is_help=True
+)
 console = Console()
 
-ModelOption = Annotated[Path, typer.Option("--model", "-m", help="model checkpoint (ours or an official file)")]
-BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass (x2 with flip)")]
-WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="image decoding worker processes")]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N")]
 MlflowOption = Annotated[
     bool, typer.Option("--mlflow/--no-mlflow", help="log metrics, JSON and ROC PNG to MLflow (MLFLOW_RUN_ID or new)")
 ]
 ExperimentOption = Annotated[str, typer.Option("--experiment", help="MLflow experiment of a new run")]
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _load_model(path: Path, device: Any) -> Any:
-    from lafs_core.models.checkpoint import load_face_model
-
-    return load_face_model(path).to(device).eval()
-
-
-def _autocast(device: Any) -> Any:
-    import torch
-
-    return torch.bfloat16 if device.type == "cuda" else None
 
 
 @contextlib.contextmanager
@@ -81,7 +69,7 @@ def verify(
     ],
     images: Annotated[Path | None, typer.Option("--images", help="image root of an LFW pair file")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="report path (ROC PNG beside it)")] = None,
-    align: Annotated[str, typer.Option("--align", help="auto, lfw-deepfunneled or none")] = "auto",
+    align: Annotated[str, typer.Option("--align", help="auto, lfw-deepfunneled, none or detect")] = "auto",
     metric: Annotated[str, typer.Option("--metric", help="sq_l2 or cosine")] = "sq_l2",
     thresholds: Annotated[str, typer.Option("--thresholds", help="exact (every cut) or grid (official)")] = "exact",
     seed: Annotated[int, typer.Option("--seed", help="seed of generated pairs for a labelled folder")] = 0,
@@ -99,16 +87,20 @@ def verify(
     from lafs_core.eval.report import log_to_mlflow, write_report
 
     for value, allowed, option in (
-        (align, ("auto", "lfw-deepfunneled", "none"), "--align"),
+        (align, ("auto", "lfw-deepfunneled", "none", "detect"), "--align"),
         (metric, ("sq_l2", "cosine"), "--metric"),
         (thresholds, ("exact", "grid"), "--thresholds"),
     ):
         if value not in allowed:
             raise ConfigError(f"{option} must be one of {', '.join(allowed)}, not {value!r}")
+    if align == "detect":
+        from data_tools.detect import default_detector
+
+        default_detector()  # the install hint now, not from inside a decoding worker
     pair_set = load_pair_set(pairs, images, align, seed)  # type: ignore[arg-type]
     set_label = name or pair_set.name
-    dev = _device(device)
-    face_model = _load_model(model, dev)
+    dev = torch_device(device)
+    face_model = load_model(model, dev)
     console.print(f"{set_label}: {len(pair_set)} pairs, {len(pair_set.images)} images, {pair_set.fold_rule} folds")
     verified = verify_pair_set(
         face_model,
@@ -117,7 +109,7 @@ def verify(
         workers,
         metric,  # type: ignore[arg-type]
         thresholds,  # type: ignore[arg-type]
-        autocast_dtype=_autocast(dev),
+        autocast_dtype=autocast_dtype(dev),
         progress=True,
     )
     report = verified.report(
@@ -139,6 +131,93 @@ def verify(
     if verified.images_skipped:
         console.print(f"[yellow]{verified.images_skipped} unreadable images, {verified.pairs_skipped} pairs left out")
     console.print(f"report: {json_path}\nROC: {png_path}", highlight=False)
+
+
+@app.command()
+def identify(
+    model: ModelOption,
+    data: Annotated[
+        str, typer.Option("--data", "-d", help="labelled source: image folder, .rec, ... or att / yale / yaleb")
+    ],
+    align: Annotated[str, typer.Option("--align", help="none, lfw-deepfunneled or detect")] = "none",
+    gallery_per_id: Annotated[
+        int, typer.Option("--gallery-per-id", min=1, help="images enrolled per gallery identity")
+    ] = 1,
+    unenrolled: Annotated[
+        float, typer.Option("--unenrolled", min=0.0, max=0.95, help="share of identities kept out (non-mated probes)")
+    ] = 0.2,
+    fpir: Annotated[list[float] | None, typer.Option("--fpir", help="FPIR of a TPIR figure (repeat)")] = None,
+    rank: Annotated[list[int] | None, typer.Option("--rank", min=1, help="CMC rank (repeat)")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the gallery/probe split")] = 0,
+    name: Annotated[str | None, typer.Option("--name", help="set name in metrics (default from DATA)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="report path")] = None,
+    batch_size: BatchOption = 128,
+    workers: WorkersOption = 0,
+    device: DeviceOption = "auto",
+    mlflow_log: MlflowOption = False,
+    experiment: ExperimentOption = "lafs-eval",
+) -> None:
+    """1:N identification on a labelled source: rank-1 (CMC) and TPIR at FPIR with a seeded gallery/probe split."""
+    from lafs_core.errors import ConfigError, DataError
+    from lafs_core.eval.faces import open_faces, source_path
+    from lafs_core.eval.identification import (
+        DEFAULT_FPIRS,
+        DEFAULT_RANKS,
+        identification_metrics,
+        identification_report,
+        identify_source,
+    )
+    from lafs_core.eval.report import set_name, write_json
+
+    fpirs = tuple(fpir or DEFAULT_FPIRS)
+    if not all(0.0 < f < 1.0 for f in fpirs):
+        raise ConfigError(f"--fpir values must be in (0, 1), not {list(fpirs)}")
+    dev = torch_device(device)
+    face_model = load_model(model, dev)
+    faces = open_faces(data, align, face_model.cfg.image_size)
+    labels = [e.label for e in faces.entries]
+    if max(labels) < 1:
+        raise DataError(source_path(data), "identification needs labelled images of at least two identities")
+    label = name or set_name(Path(data).name)
+    try:
+        found = identify_source(
+            face_model,
+            faces,
+            labels,  # type: ignore[arg-type]
+            gallery_per_id,
+            unenrolled,
+            seed,
+            batch_size,
+            workers,
+            fpirs,
+            tuple(rank or DEFAULT_RANKS),
+            autocast_dtype(dev),
+            progress=True,
+        )
+    except ValueError as exc:
+        raise DataError(source_path(data), str(exc)) from None
+    report = identification_report(
+        found, label, model=str(model), source=str(source_path(data)), align=align, seed=seed,
+        gallery_per_identity=gallery_per_id, unenrolled_fraction=unenrolled,
+    )  # fmt: skip
+    json_path = write_json(report, json_out or _default_out(model, f"{label}_identify"))
+    with _mlflow_run(mlflow_log, experiment, f"identify-{label}") as logging_on:
+        if logging_on:
+            import mlflow
+
+            mlflow.log_metrics(identification_metrics(report, set_name(label)))
+            mlflow.log_artifact(str(json_path), artifact_path=f"eval/{set_name(label)}")
+    res = found.result
+    cmc = ", ".join(f"rank-{k} {v * 100:.2f} %" for k, v in res.cmc.items())
+    tpirs = ", ".join(f"TPIR@FPIR={f:g} {v * 100:.2f} %" for f, v in res.tpir.items()) or "no non-mated probes"
+    console.print(
+        f"[bold]{label}[/]: {res.gallery_identities} gallery identities ({res.gallery_images} images), "
+        f"{res.mated_probes} mated and {res.non_mated_probes} non-mated probes; {cmc}; {tpirs}",
+        highlight=False,
+    )
+    if found.images_skipped:
+        console.print(f"[yellow]{found.images_skipped} of {found.images} images unreadable or without a face, skipped")
+    console.print(f"report: {json_path}", highlight=False)
 
 
 @app.command()
@@ -167,8 +246,8 @@ def ijb(
 
     if tar_rule not in ("interp", "nearest"):
         raise ConfigError(f"--tar-rule must be interp or nearest, not {tar_rule!r}")
-    dev = _device(device)
-    face_model = _load_model(model, dev)
+    dev = torch_device(device)
+    face_model = load_model(model, dev)
     result = evaluate_ijb(
         face_model,
         root,
@@ -178,7 +257,7 @@ def ijb(
         use_norm_score=norm_score,
         use_detector_score=detector_score,
         tar_method=tar_rule,  # type: ignore[arg-type]
-        autocast_dtype=_autocast(dev),
+        autocast_dtype=autocast_dtype(dev),
         progress=True,
     )
     report = ijb_report(

@@ -20,7 +20,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from lafs_core.cli import data, data_shards, evaluate, finetune, pipeline, pretrain
+    from lafs_core.cli import data, data_shards, embed, evaluate, export, finetune, pipeline, pretrain
 
     app.add_typer(data.app, name="data")
     data_shards.register(data.app)
@@ -28,6 +28,8 @@ def _register() -> None:
     finetune.register(app)
     pretrain.register(app)
     pipeline.register(app)
+    embed.register(app)
+    export.register(app)
 
 
 _register()

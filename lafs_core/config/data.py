@@ -15,8 +15,10 @@ class ShardsConfig(StageConfig):
     section: ClassVar[str] = "shards"
 
     landmarks: str = Field("grid", description="landmark source: 'grid', 'cnn:PATH' or 'mediapipe'")
-    align: Literal["lfw-deepfunneled", "none", "five-point"] = Field(
-        "none", description="alignment to the 112x112 face: LFW fixed crop, none (resize only) or 5-point similarity"
+    align: Literal["lfw-deepfunneled", "none", "five-point", "detect"] = Field(
+        "none",
+        description="alignment to the 112x112 face: LFW fixed crop, none (resize only), 5-point similarity, "
+        "or detect (dlib face detector + 5 points, the 'detect' extra)",
     )
     shard_size: int = Field(1000, ge=1, description="samples per shard (the last shard may hold fewer)")
     batch_size: int = Field(64, ge=1, description="images per landmark-model forward pass")

@@ -81,6 +81,13 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def write_json(report: dict[str, Any], json_path: str | Path) -> Path:
+    """Write a JSON report atomically (reports without a ROC, e.g. identification)."""
+    json_path = Path(json_path)
+    _write_text(json_path, json.dumps(report, indent=2) + "\n")
+    return json_path
+
+
 def write_report(
     report: dict[str, Any], json_path: str | Path, fpr: np.ndarray, tpr: np.ndarray, label: str | None = None
 ) -> tuple[Path, Path]:
