@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import os
@@ -24,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import torch
@@ -41,6 +39,7 @@ from lafs_core.data.normalize import normalize
 from lafs_core.data.supervised_augment import SupervisedAugment, build_mixup
 from lafs_core.errors import ConfigError, DataError
 from lafs_core.eval.embed import iter_flip_features
+from lafs_core.eval.mlflow_model import log_face_model
 from lafs_core.eval.pairsets import ArrayImages, load_pair_set
 from lafs_core.eval.report import mlflow_metrics, set_name, verification_report
 from lafs_core.eval.verification import evaluate_embeddings
@@ -471,30 +470,6 @@ def _stop_everywhere(local: bool, device: torch.device) -> bool:
     return bool(all_reduce_sum(flag).item() > 0)
 
 
-def log_final_model(face: nn.Module, image_size: int, registered_name: str) -> str:
-    """Log the model to the active MLflow run (torch.export ``pt2``, else pickle) and register it.
-
-    Returns the serialisation format that worked.
-    """
-    model = copy.deepcopy(face).cpu().eval()
-    example = np.zeros((2, 3, image_size, image_size), dtype=np.float32)
-    for fmt in ("pt2", "pickle"):
-        try:
-            mlflow.pytorch.log_model(
-                model,
-                name="model",
-                input_example=example,
-                serialization_format=fmt,
-                registered_model_name=registered_name,
-            )
-            return fmt
-        except Exception as exc:  # torch.export failures come in many types: fall back to pickle
-            if fmt == "pickle":
-                raise
-            log.warning("mlflow pt2 (torch.export) logging failed (%s); logging the pickle flavour", exc)
-    return "pickle"
-
-
 def train_supervised(cfg: SupervisedConfig, hooks: StageHooks) -> dict[str, Any]:
     """Run a supervised stage to completion (or until SIGTERM), resumable; returns a summary on every rank."""
     if cfg.data_dir is None:
@@ -655,7 +630,7 @@ def train_supervised(cfg: SupervisedConfig, hooks: StageHooks) -> dict[str, Any]
                     tracking.log_artifact(path, hooks.stage)
                 if cfg.log_model and not stopped:
                     name = cfg.registered_model or f"lafs-{hooks.stage}"
-                    artifacts["mlflow_model_format"] = log_final_model(clf.bare.face, image_size, name)
+                    artifacts["mlflow_model_format"] = log_face_model(clf.bare.face, image_size, name)
         barrier()
     return {
         "stage": hooks.stage,
