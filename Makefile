@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SHARED ?= $(abspath ../shared)
 PYTEST_ARGS ?=
 
-.PHONY: install postgres test test-stack lint format demo bench clean
+.PHONY: install postgres test test-stack lint format demo bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	LAFS_SHARED=$(SHARED) $(BIN)/python -m bench.run_all
+
+# One prepared GPU check that stops itself before 9 minutes (docs/benchmarks.md, "GPU"); it installs nothing.
+# DEVICE=cpu rehearses every phase at tiny sizes in under a minute. GPU_PYTHON: an interpreter with the project.
+DEVICE ?= cuda
+OUT ?= runs/gpu-check
+GPU_PYTHON ?= $(BIN)/python
+
+gpu-check:
+	@command -v $(GPU_PYTHON) >/dev/null || { echo "gpu-check: no python at $(GPU_PYTHON): run 'make install' or pass GPU_PYTHON=" >&2; exit 2; }
+	LAFS_SHARED=$(SHARED) $(GPU_PYTHON) -m bench.gpu_check --device $(DEVICE) --out $(OUT)
 
 clean:
 	rm -rf $(VENV) .prefect mlflow.db mlartifacts runs .pytest_cache .ruff_cache
