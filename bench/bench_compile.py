@@ -1,7 +1,7 @@
 """What ``torch.compile`` of the transformer blocks buys per training step (``compile: true``).
 
-Eager and compiled copies of the same steps (SSL model step, SSL step with view making, CosFace fine-tuning step;
-the ``bench_mfu`` steps) are built side by side; after the compiled copy's first two steps (the compilation, timed
+Eager and compiled copies of the same steps (the ``bench_mfu`` steps: the stages' own, built with ``compile`` off and
+on) are built side by side; after the compiled copy's first two steps (the compilation, timed
 separately) the two are stepped alternately, so machine noise hits both alike. One JSON line per (preset, step) with
 the median step times and their ratio.
 
@@ -21,7 +21,6 @@ import torch
 
 from bench.bench_mfu import CPU_BATCH, SSLStep, finetune_step
 from bench.common import emit
-from lafs_core.models.vit import compile_blocks
 
 
 def seconds(fn: Callable[[], Any], device: torch.device) -> float:
@@ -72,14 +71,10 @@ def main() -> None:
         batch = args.batch or (128 if args.gpu else CPU_BATCH.get(preset, 8))
         extra = {"preset": preset, "batch": batch, "dtype": "bf16" if args.gpu else "fp32"}
         torch.manual_seed(0)
-        eager_ssl, compiled_ssl = (SSLStep(preset, batch, 8, device, args.gpu) for _ in range(2))
-        compile_blocks(compiled_ssl.student)
-        compile_blocks(compiled_ssl.teacher)
+        eager_ssl, compiled_ssl = (SSLStep(preset, batch, 8, device, compile_blocks=c) for c in (False, True))
         compare("ssl_model", eager_ssl.model, compiled_ssl.model, args.iters, device, **extra)
         compare("ssl_full", eager_ssl.full, compiled_ssl.full, args.iters, device, **extra)
-        eager_step, _ = finetune_step(preset, batch, 453, device, args.gpu)
-        compiled_step, face = finetune_step(preset, batch, 453, device, args.gpu)
-        compile_blocks(face)
+        eager_step, compiled_step = (finetune_step(preset, batch, 453, device, compile_blocks=c) for c in (False, True))
         compare("finetune", eager_step, compiled_step, args.iters, device, **extra)
 
 

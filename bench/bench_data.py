@@ -4,8 +4,9 @@
    to a temporary identity folder, read by both), with ``--workers`` decode processes vs as many decode threads:
    images/s, their ratio, and the CPU time per image of the writing process and of the workers.
    A 16-image warm-up run does the imports first; the landmark model's load and the workers' start are timed.
-2. Shard loader: decode + geometric landmark views (affines) + batched photometric augmentation of every view:
-   samples/s.
+2. Shard loader: what the pretraining stage's loader delivers (verified shards, decode, shuffle, batches): samples/s.
+   The views are made by the step (``bench_ssl`` times them), so ``samples_per_s_without_photometric`` is the same
+   figure, kept under the name the targets read.
 
     .venv/bin/python bench/bench_data.py --images 1000 --landmarks grid
 """
@@ -28,9 +29,7 @@ import torch
 from data_tools.shards.precompute import precompute
 from lafs_core.config import load_config
 from lafs_core.config.data import ShardsConfig
-from lafs_core.data.augment import GLOBAL_1, GLOBAL_2, LOCAL
 from lafs_core.data.loader import train_loader
-from lafs_core.data.views import ViewSpec
 from lafs_core.env import shared_datasets
 
 
@@ -67,28 +66,20 @@ def cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
-def loader_rate(shard_dir: Path, batch_size: int, workers: int, views: int, batches: int) -> tuple[float, float]:
-    """Samples/s of the training loader with views, with and without photometric augmentation of every view.
-
-    The first batch (worker start-up) is not timed; "without" subtracts the augmentation time measured in the loop.
-    """
-    loader = train_loader(shard_dir, batch_size, num_workers=workers, views=ViewSpec(num_views=views))
-    augs = [GLOBAL_1, GLOBAL_2] + [LOCAL] * (views - 2)
-    generator = torch.Generator().manual_seed(0)
-    seen, aug_time, start = 0, 0.0, time.perf_counter()
+def loader_rate(shard_dir: Path, batch_size: int, workers: int, batches: int) -> float:
+    """Samples/s of the training loader as the pretraining stage reads it (verified shards, decode, shuffle, batch;
+    the views and their photometric augmentation are made by the step). The first batch (worker start-up) is not
+    timed."""
+    loader = train_loader(shard_dir, batch_size, num_workers=workers)
+    seen, start = 0, time.perf_counter()
     for i, batch in enumerate(loader):
         if i == 0:
             start = time.perf_counter()
             continue
-        tick = time.perf_counter()
-        for aug in augs:
-            aug(batch["images"], generator)
-        aug_time += time.perf_counter() - tick
         seen += batch["images"].shape[0]
         if i == batches:
             break
-    total = time.perf_counter() - start
-    return seen / total, seen / (total - aug_time)
+    return seen / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -101,7 +92,6 @@ def main() -> None:
     parser.add_argument("--preset", default="base")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--views", type=int, default=10)
     parser.add_argument("--loader-batches", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.workers)
@@ -146,19 +136,15 @@ def main() -> None:
                 }
             )
         )
-        samples, without_aug = loader_rate(
-            Path(tmp) / "shards", args.batch_size, args.workers, args.views, args.loader_batches
-        )
+        samples = loader_rate(Path(tmp) / "shards", args.batch_size, args.workers, args.loader_batches)
         print(
             json.dumps(
                 {
                     "bench": "shard_loader",
                     "batch_size": args.batch_size,
                     "workers": args.workers,
-                    "views": args.views,
-                    "photometric_views": args.views,
                     "samples_per_s": round(samples, 1),
-                    "samples_per_s_without_photometric": round(without_aug, 1),
+                    "samples_per_s_without_photometric": round(samples, 1),
                 }
             )
         )

@@ -1,8 +1,8 @@
 """Model-FLOPs utilisation of the training steps (protocols.md 4.5).
 
-For each preset, one fine-tuning step (landmark CNN + sampler + Part fViT + CosFace, forward + backward + AdamW) and
-one SSL step (teacher on the global views, student on all views, DINO head and loss, backward, per-tensor clipping,
-AdamW, EMA) are timed. Their model FLOPs are counted once with ``torch.utils.flop_counter.FlopCounterMode``
+For each preset, one step of the fine-tuning stage and one of the pretraining stage are timed: the stages' own step
+objects (``FinetuneStage.train_step``, ``PretrainStage.step_on_views``), so the benchmark times what training runs.
+Their model FLOPs are counted once with ``torch.utils.flop_counter.FlopCounterMode``
 (matmuls, convolutions and attention, forward and backward; element-wise work is not counted, as usual for MFU)
 and divided by the step time; the denominator is the dense matmul peak measured in the same run (fp32 on CPU, bf16
 on CUDA). The SSL step is timed twice: on prepared views (the model part) and including the view maker (the whole
@@ -15,25 +15,20 @@ step as the trainer runs it with precomputed landmarks). One JSON line per (pres
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 from bench.common import emit, matmul_peak_flops, time_per_call
 from lafs_core.config import load_config
+from lafs_core.config.finetune import FinetuneConfig
 from lafs_core.config.pretrain import PretrainConfig
-from lafs_core.data.normalize import normalize
-from lafs_core.data.ssl_views import SSLViewMaker, SSLViews
-from lafs_core.losses.dino import DINOLoss
-from lafs_core.models.build import build_face_model
-from lafs_core.models.margin import build_margin_head
-from lafs_core.train.optim import build_adamw
-from lafs_core.train.pretrain import build_networks, clip_gradients, ema_update
+from lafs_core.distributed import DistInfo
+from lafs_core.train.finetune import FinetuneStage
+from lafs_core.train.pretrain import PretrainStage
 
 # Nominal dense bf16 peaks (FLOP/s) of common accelerators, reported beside the measured peak.
 NOMINAL_BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -77,80 +72,58 @@ def nominal_peak(device_name: str) -> float | None:
     return next((peak for key, peak in NOMINAL_BF16_PEAK.items() if key in device_name), None)
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (the training stages' ``amp=auto``), nothing on CPU."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def random_images(batch: int, size: int, device: torch.device) -> torch.Tensor:
     """uint8 RGB faces stand-in; the step's cost does not depend on pixel values."""
     return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
 
 
 def finetune_step(
-    preset: str, batch: int, classes: int, device: torch.device, amp: bool
-) -> tuple[Callable[[], Any], torch.nn.Module]:
-    """One CosFace fine-tuning step of the full face model (landmark CNN predicts the landmarks), and the model."""
-    cfg = load_config(PretrainConfig, preset=preset).model
-    face = build_face_model(cfg).to(device).train()
-    head = build_margin_head("cosface", cfg.dim, classes).to(device)
-    params = torch.nn.ModuleDict({"face": face, "head": head})
-    optimizer = build_adamw(params, 1e-4, 0.1)
-    images = normalize(random_images(batch, cfg.image_size, device))
-    labels = torch.randint(0, classes, (batch,), device=device)
-
-    def step() -> None:
-        with autocast(device, amp):
-            embeddings = face(images)
-            logits = head(embeddings, labels)
-        loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step, face
+    preset: str, batch: int, classes: int, device: torch.device, compile_blocks: bool = False
+) -> Callable[[], Any]:
+    """One step of the fine-tuning stage itself (``FinetuneStage.train_step``: mixup, landmark CNN + sampler + Part
+    fViT, CosFace, the landmark regulariser's frozen CNN, backward, AdamW) on one batch of ``batch`` images."""
+    overrides = [
+        f"global_batch_size={batch}", f"micro_batch_size={batch}", f"cpu_threads={torch.get_num_threads()}",
+        "val_pairs=[]", f"compile={str(compile_blocks).lower()}",
+    ]  # fmt: skip
+    cfg = load_config(FinetuneConfig, preset=preset, overrides=overrides)
+    stage = FinetuneStage(cfg, DistInfo(0, 1, 0, device), labels=(batch * 10, classes))
+    images = random_images(batch, cfg.model.image_size, device)
+    group = [{"images": images, "labels": torch.randint(0, classes, (batch,))}]
+    return lambda: stage.train_step(group, 0)
 
 
 class SSLStep:
-    """One SSL step on prepared views (``model``) or including the view maker (``full``), as the trainer does it."""
+    """One step of the pretraining stage itself (``PretrainStage.step_on_views``: teacher on the global views,
+    student on all, DINO loss (+ KoLeo), backward, per-tensor clipping, last-layer freeze, AdamW, EMA) on prepared
+    views (``model``) or with the view maker first (``full``, as the stage's ``train_step`` runs it)."""
 
-    def __init__(self, preset: str, batch: int, local_views: int, device: torch.device, amp: bool) -> None:
-        self.cfg = load_config(PretrainConfig, preset=preset, overrides=[f"local_views={local_views}"])
-        mcfg = self.cfg.model
-        self.device, self.amp = device, amp
-        self.student, self.teacher = build_networks(self.cfg)
-        self.student.to(device)
-        self.teacher.to(device).eval()
-        self.optimizer = build_adamw(self.student, 1e-4, self.cfg.weight_decay)
-        self.loss_fn = DINOLoss(mcfg.dino_out_dim, self.cfg.student_temp, self.cfg.center_momentum).to(device)
-        flip = torch.arange(mcfg.num_landmarks)
-        self.maker = SSLViewMaker(self.cfg, flip, seed=0)
+    def __init__(
+        self, preset: str, batch: int, local_views: int, device: torch.device, compile_blocks: bool = False
+    ) -> None:
+        overrides = [
+            f"local_views={local_views}", f"global_batch_size={batch}", "probe_every=0",
+            f"compile={str(compile_blocks).lower()}",
+        ]  # fmt: skip
+        cfg = load_config(PretrainConfig, preset=preset, overrides=overrides)
+        mcfg = cfg.model
+        info = {"num_samples": 10 * batch, "image_size": mcfg.image_size, "num_landmarks": mcfg.num_landmarks}
+        info["flip_permutation"] = list(range(mcfg.num_landmarks))
+        self.stage = PretrainStage(cfg, DistInfo(0, 1, 0, device), info=info)
         self.images = random_images(batch, mcfg.image_size, device)
         margin = mcfg.patch_size
         self.landmarks = margin + torch.rand(batch, mcfg.num_landmarks, 2, device=device) * (
             mcfg.image_size - 1 - 2 * margin
         )
-        self.views = self.maker(self.images, self.landmarks)
+        self.views = self.stage.views(self.images, self.landmarks)
 
-    def model(self, views: SSLViews | None = None) -> None:
-        """Teacher + student forward, DINO loss, backward, clipping, AdamW and EMA on ``views``."""
-        views = views or self.views
-        with autocast(self.device, self.amp):
-            with torch.no_grad():
-                teacher_out = self.teacher(views.tokens[: views.num_global])
-            student_out = self.student(views.tokens)
-        loss = self.loss_fn(student_out, teacher_out, 0.04)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(self.student, self.cfg.clip_grad)
-        self.optimizer.step()
-        ema_update(self.teacher, self.student, 0.996)
+    def model(self) -> None:
+        """The step on the prepared views."""
+        self.stage.step_on_views(self.views, 0)
 
     def full(self) -> None:
-        """View making from uint8 images + precomputed landmarks, then the model step."""
-        self.model(self.maker(self.images, self.landmarks))
+        """View making from uint8 images + precomputed landmarks, then the step."""
+        self.stage.step_on_views(self.stage.views(self.images, self.landmarks), 0)
 
 
 def measure(
@@ -188,9 +161,9 @@ def run(
     for preset in presets:
         batch = batch_size or (128 if gpu else CPU_BATCH.get(preset, 8))
         common = {"preset": preset, "batch": batch, "dtype": "bf16" if gpu else "fp32", "nominal_peak_flops": nominal}
-        step, _ = finetune_step(preset, batch, classes, device, gpu)
+        step = finetune_step(preset, batch, classes, device)
         yield measure("finetune", step, count_flops(step), peak, iters, {**common, "classes": classes})
-        ssl = SSLStep(preset, batch, local_views, device, gpu)
+        ssl = SSLStep(preset, batch, local_views, device)
         flops = count_flops(ssl.model)
         extra = {**common, "local_views": local_views}
         yield measure("ssl_model", ssl.model, flops, peak, iters, extra)

@@ -31,12 +31,12 @@ from bench.common import emit, time_per_call
 from lafs_core.config import load_config
 from lafs_core.config.pretrain import PretrainConfig
 from lafs_core.data.ssl_views import SSLViews
+from lafs_core.distributed import init_distributed
 from lafs_core.env import shared_datasets
 from lafs_core.models.build import build_face_model
 from lafs_core.models.checkpoint import save_model_checkpoint
 from lafs_core.models.sampler import grid_landmarks, patch_offsets
-from lafs_core.train.distributed import init_distributed
-from lafs_core.train.pretrain import Trainer
+from lafs_core.train.pretrain import PretrainStage
 
 
 def lfw_batch(batch: int) -> torch.Tensor:
@@ -129,15 +129,15 @@ def main() -> None:
         cfg = load_config(PretrainConfig, preset=args.preset, overrides=overrides)
         r = cfg.model.num_landmarks
         info = {"num_samples": 10_000, "image_size": 112, "num_landmarks": r, "flip_permutation": grid_flip_perm(r)}
-        trainer = Trainer(cfg, init_distributed(), info=info)
+        trainer = PretrainStage(cfg, init_distributed(), info=info)
         landmarks = grid_landmarks(112, 112 // round(r**0.5)).expand(args.batch, -1, -1)
         face_path = save_model_checkpoint(Path(tmp) / "stage1.pt", build_face_model(cfg.model), args.preset, "partfvit")
         online_cfg = cfg.model_copy(update={"landmarks": "online", "landmark_checkpoint": face_path})
-        online = Trainer(online_cfg, init_distributed(), info=info)
+        online = PretrainStage(online_cfg, init_distributed(), info=info)
         reference = ReferencePath(cfg, online.landmark_model)
 
-        def step(t: Trainer, make) -> None:
-            t.train_step(make())
+        def step(t: PretrainStage, make) -> None:
+            t.step_on_views(make(), 0)
 
         paths = {
             "precomputed": lambda: step(trainer, lambda: trainer.views(images, landmarks)),

@@ -108,7 +108,8 @@ def views_over_reference(records: Records) -> float | None:
 
 
 def loader_over_ssl(records: Records) -> float | None:
-    """Shard loader samples/s (decode + landmark views; the step does the photometric aug) over SSL step images/s."""
+    """Shard loader samples/s (what the pretraining stage's loader delivers; its step makes the views) over SSL step
+    images/s."""
     return ratio(
         lookup(records, "shard_loader", "samples_per_s_without_photometric"),
         lookup(records, "ssl_step", "images_per_s.precomputed"),

@@ -1,1 +1,2 @@
-"""data_tools: readers of users' face data formats, alignment, few-shot subsets and WebDataset shards."""
+"""data_tools: readers of users' face data formats (faces, pair sets, IJB), alignment, few-shot subsets and WebDataset
+shards; built on lafs_core."""

@@ -149,8 +149,3 @@ def align_dlib_5pt(image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, n
     """Align with dlib's 5 points (``data_tools.detect`` order) to :data:`DLIB_5PT_TEMPLATE`, i.e. the ArcFace frame."""
     matrix = estimate_similarity(np.asarray(points).reshape(5, 2), DLIB_5PT_TEMPLATE)
     return warp(image, matrix), matrix
-
-
-def describe_5pt() -> dict[str, object]:
-    """What a manifest records about 5-point alignment."""
-    return {"method": "similarity-5pt", "template": ARCFACE_TEMPLATE.round(4).tolist(), "size": ALIGNED_SIZE}

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_tools.shards.manifest import read_info
 from data_tools.shards.writer import file_sha256
+from lafs_core.data.shard_format import read_info
 from lafs_core.errors import DataError
 
 SCALE = 2

@@ -1,1 +1,1 @@
-"""flows: Prefect flows that orchestrate the lafs stages; no science lives here."""
+"""flows: the pipeline chain and the Prefect flows that orchestrate the lafs stages; no science lives here."""

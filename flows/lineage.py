@@ -2,7 +2,7 @@
 
 The flow creates every run itself (client API, so no fluent state leaks between stages) and hands a stage its
 run through the environment (``MLFLOW_RUN_ID``, ``LAFS_MLFLOW_PARENT_RUN_ID``, ``MLFLOW_TRACKING_URI``); the
-stage's rank 0 attaches with ``lafs_core.train.tracking.stage_run``. Each run carries the Prefect flow-run id and
+stage's rank 0 attaches with ``lafs_core.tracking.stage_run``. Each run carries the Prefect flow-run id and
 URL as tags; each Prefect flow run gets a link artifact to its MLflow run.
 """
 
@@ -19,7 +19,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
 
-from lafs_core.train.tracking import PARENT_RUN_ENV
+from lafs_core.tracking import PARENT_RUN_ENV
 
 UI_URL_ENV = "LAFS_MLFLOW_UI_URL"
 DEFAULT_UI_URL = "http://127.0.0.1:5000"

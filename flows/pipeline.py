@@ -1,12 +1,11 @@
-"""The pipeline flow: the ``lfw-v1`` chain under one MLflow parent run, each stage a subflow and a child run.
+"""The pipeline flow: :class:`flows.chain.Chain` under one MLflow parent run, each stage a subflow and a child run.
 
-shards (k-shot set, grid landmarks) -> Part fViT -> shards (pool, the Part fViT landmark CNN) -> LAFS pretraining
--> few-shot fine-tuning -> verification -> registry aliases.
+subsets (k-shot list) -> shards of the labelled set -> landmark model (Part fViT, unless one is given) -> shards of
+the pretraining images with its landmarks -> LAFS pretraining -> few-shot fine-tuning -> every evaluation set ->
+registry aliases. ``lfw-v1`` is one named configuration of it (``flows.chain.CONFIGURATIONS``).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
@@ -14,27 +13,12 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from flows import lineage
+from flows.chain import Chain, Subsets, eval_set_name
 from flows.common import STOP_HOOKS, StageOutput, tracked_stage
 from flows.evaluate import evaluate_flow
-from flows.params import (
-    EvaluateParams,
-    FinetuneParams,
-    PartFViTParams,
-    PipelineParams,
-    PretrainParams,
-    ShardsParams,
-)
+from flows.params import EvaluateParams, PipelineParams
 from flows.shards import shards_flow
 from flows.training import finetune_flow, partfvit_flow, pretrain_flow
-
-ALIGN = "lfw-deepfunneled"
-
-
-class Subsets(BaseModel):
-    """The few-shot list of the labelled set and, when the pool is cut down, the pool's list."""
-
-    kshot: str
-    pool: str | None
 
 
 class PipelineResult(BaseModel):
@@ -42,43 +26,30 @@ class PipelineResult(BaseModel):
 
     parent_run_id: str
     stages: dict[str, StageOutput]
+    evaluations: dict[str, dict[str, float]]
     registered_model: str
     version: str
     aliases: list[str]
 
 
 @task(retries=2, retry_delay_seconds=5)
-def subsets_task(params: PipelineParams) -> Subsets:
-    """Write the k-shot list (and the pool subset list) of the ``lfw-v1`` protocol under ``work_dir``."""
-    from dataclasses import replace
-
-    from data_tools.fewshot import select_fewshot
-
-    out = Path(str(params.work_dir)) / "subsets"
-    kshot = select_fewshot(str(params.images), params.k, params.seed, exclude_pairs=params.test_pairs)
-    if params.kshot_identities:
-        kshot = replace(kshot, entries=[e for e in kshot.entries if e.label < params.kshot_identities])
-    kshot_path = kshot.write(out / f"kshot-k{params.k}.json")
-    pool_path = None
-    if params.pool_images:
-        pool = select_fewshot(str(params.images), 1, params.seed, exclude_pairs=params.test_pairs)
-        pool = replace(pool, entries=pool.entries[: params.pool_images])
-        pool_path = pool.write(out / f"pool-{params.pool_images}.json")
-    return Subsets(kshot=str(kshot_path), pool=str(pool_path) if pool_path else None)
+def subsets_task(chain: Chain) -> Subsets:
+    """Write the k-shot list of the labelled source under ``work_dir``."""
+    return chain.write_subsets()
 
 
 @task(retries=2, retry_delay_seconds=5)
 def register_task(params: PipelineParams, finetune: StageOutput, metric: str) -> tuple[str, list[str]]:
     """Alias this run's model version; move the champion alias to the best version by ``metric``.
 
-    The champion is chosen by the metric the fine-tuning runs logged themselves (``lafs eval register``'s rule);
-    when this run's fine-tuning logged no such metric the champion alias is left where it is.
+    The champion is chosen by the metric the fine-tuning runs carry (the pipeline logs the first evaluation set's
+    figures on the fine-tuning run, the rule of ``lafs eval register``).
     """
     from lafs_core.eval.registry import register_best
 
     version = lineage.register_alias(params.registered_model, finetune.run_id, params.alias)
     aliases = [params.alias]
-    if metric not in finetune.metrics:
+    if metric not in lineage.client().get_run(finetune.run_id).data.metrics:
         get_run_logger().warning("fine-tuning logged no %s: the %s alias is not moved", metric, params.champion_alias)
         return version, aliases
     champion = register_best(params.registered_model, metric, alias=params.champion_alias)
@@ -108,88 +79,55 @@ def summary_rows(stages: dict[str, StageOutput]) -> list[dict[str, str]]:
     return rows
 
 
+def train_stages(chain: Chain, parent: str) -> dict[str, StageOutput]:
+    """Subsets, the two shard sets, the landmark model, pretraining and fine-tuning, in order."""
+    exp = chain.params.experiment
+    subsets = subsets_task(chain)
+    stages = {"shards-kshot": shards_flow(chain.kshot_shards(subsets), parent, exp)}
+    kshot = stages["shards-kshot"].out_dir
+    if (landmark_stage := chain.landmark_stage(kshot)) is not None:
+        stages["partfvit"] = partfvit_flow(landmark_stage, parent, exp)
+    landmark_cnn = chain.landmark_model(stages["partfvit"].out_dir if "partfvit" in stages else None)
+    stages["shards-pool"] = shards_flow(chain.pool_shards(subsets, landmark_cnn), parent, exp)
+    stages["pretrain"] = pretrain_flow(chain.pretrain(stages["shards-pool"].out_dir), parent, exp)
+    teacher = stages["pretrain"].artifacts["teacher"]
+    stages["finetune"] = finetune_flow(chain.finetune(kshot, teacher, landmark_cnn), parent, exp)
+    return stages
+
+
+def evaluate_stages(chain: Chain, finetune: StageOutput, parent: str) -> dict[str, StageOutput]:
+    """Every evaluation set, each its own subflow and child run; their figures also go to the parent run and to the
+    fine-tuning run (the model version they describe)."""
+    checkpoint = chain.final_checkpoint(finetune.out_dir)
+    evaluations = {}
+    for spec in chain.params.eval_sets:
+        name = eval_set_name(spec)
+        params = EvaluateParams(model=checkpoint, eval_set=spec, out_dir=str(chain.work / "eval" / name))
+        evaluations[name] = evaluate_flow(params, parent, chain.params.experiment)
+        for run_id in (parent, finetune.run_id):
+            lineage.log_run_data(run_id, metrics=evaluations[name].metrics)
+    return evaluations
+
+
 @flow(name="lafs-pipeline", **STOP_HOOKS)
 def pipeline_flow(params: PipelineParams) -> PipelineResult:
     """Run every stage in order under one MLflow parent run; register the fine-tuned model with aliases."""
-    params = params.resolved()
-    work = Path(str(params.work_dir))
-    exp = params.experiment
-    with tracked_stage("pipeline", None, exp) as parent:
+    chain = Chain.of(params)
+    params = chain.params
+    with tracked_stage("pipeline", None, params.experiment) as parent:
         lineage.log_run_data(parent, params={k: v for k, v in params.model_dump().items() if not k.endswith("launch")})
-        subsets = subsets_task(params)
-        stages: dict[str, StageOutput] = {}
-        common = {"preset": params.preset, "align": ALIGN}
-        stages["shards-kshot"] = shards_flow(
-            ShardsParams(source=subsets.kshot, out_dir=str(work / "shards" / "kshot"), name="shards-kshot", **common),
-            parent,
-            exp,
-        )
-        stages["partfvit"] = partfvit_flow(
-            PartFViTParams(
-                preset=params.preset,
-                overrides=params.partfvit_overrides,
-                out_dir=str(work / "partfvit"),
-                shards=stages["shards-kshot"].out_dir,
-                launch=params.partfvit_launch,
-            ),
-            parent,
-            exp,
-        )
-        stages["shards-pool"] = shards_flow(
-            ShardsParams(
-                source=subsets.pool or str(params.images),
-                exclude_pairs=None if subsets.pool else params.test_pairs,
-                out_dir=str(work / "shards" / "pool"),
-                landmarks=f"cnn:{stages['partfvit'].artifacts['landmark_cnn']}",
-                name="shards-pool",
-                **common,
-            ),
-            parent,
-            exp,
-        )
-        stages["pretrain"] = pretrain_flow(
-            PretrainParams(
-                preset=params.preset,
-                overrides=params.pretrain_overrides,
-                out_dir=str(work / "pretrain"),
-                shards=stages["shards-pool"].out_dir,
-                launch=params.pretrain_launch,
-            ),
-            parent,
-            exp,
-        )
-        stages["finetune"] = finetune_flow(
-            FinetuneParams(
-                preset=params.preset,
-                overrides=params.finetune_overrides,
-                out_dir=str(work / "finetune"),
-                shards=stages["shards-kshot"].out_dir,
-                init_backbone=stages["pretrain"].artifacts["teacher"],
-                init_landmarks=stages["partfvit"].artifacts["checkpoint"],
-                registered_model=params.registered_model,
-                launch=params.finetune_launch,
-            ),
-            parent,
-            exp,
-        )
-        stages["eval"] = evaluate_flow(
-            EvaluateParams(
-                model=stages["finetune"].artifacts["checkpoint"],
-                pairs=params.eval_pairs,
-                out_dir=str(work / "eval"),
-                pairs_per_fold=params.eval_pairs_per_fold,
-            ),
-            parent,
-            exp,
-        )
-        metric = next(k for k in stages["eval"].metrics if k.endswith("/acc"))
+        stages = train_stages(chain, parent)
+        evaluations = evaluate_stages(chain, stages["finetune"], parent)
+        first = next(iter(evaluations.values()))
+        metric = next(k for k in first.metrics if k.endswith(("/acc", "/tar_at_far_1e-4")))
         version, aliases = register_task(params, stages["finetune"], metric)
-        lineage.log_run_data(parent, metrics=stages["eval"].metrics)
         lineage.client().set_tag(parent, "lafs.model_version", f"{params.registered_model}/{version}")
-        create_table_artifact(summary_rows(stages), key="lafs-pipeline-summary", description="stages of this run")
+        all_stages = {**stages, **{f"eval-{name}": out for name, out in evaluations.items()}}
+        create_table_artifact(summary_rows(all_stages), key="lafs-pipeline-summary", description="stages of this run")
         return PipelineResult(
             parent_run_id=parent,
-            stages=stages,
+            stages=all_stages,
+            evaluations={name: out.metrics for name, out in evaluations.items()},
             registered_model=params.registered_model,
             version=version,
             aliases=aliases,

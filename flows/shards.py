@@ -20,7 +20,7 @@ from flows.common import STOP_HOOKS, StageOutput, tracked_stage
 from flows.params import ShardsParams
 from lafs_core.config import load_config
 from lafs_core.config.data import ShardsConfig
-from lafs_core.train.tracking import flatten
+from lafs_core.tracking import flatten
 
 
 class ShardPlan(BaseModel):
@@ -41,9 +41,26 @@ class ShardJob(BaseModel):
 
 def shards_config(params: ShardsParams) -> ShardsConfig:
     """The resolved shards config: preset <- overrides <- the explicit parameters."""
-    cfg = load_config(ShardsConfig, overrides=params.overrides, preset=params.preset)
-    given = {"landmarks": params.landmarks, "align": params.align, "shard_size": params.shard_size}
-    return ShardsConfig.model_validate({**cfg.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+    return load_config(ShardsConfig, overrides=params.config_overrides(), preset=params.preset)
+
+
+def sources(params: ShardsParams) -> list[str]:
+    """Every face source of the shard set."""
+    return [params.source, *params.also]
+
+
+def write_shards(params: ShardsParams, shard_ids: list[int] | None = None) -> Any:
+    """``precompute`` of the shard set (only ``shard_ids`` when given; the whole plan then finalizes)."""
+    from data_tools.shards.precompute import precompute
+
+    return precompute(
+        sources(params),
+        params.out_dir,
+        shards_config(params),
+        fewshot=params.fewshot,
+        exclude_pairs=params.exclude_pairs,
+        shard_ids=shard_ids,
+    )
 
 
 def _job_key(_context: Any, parameters: dict[str, Any]) -> str:
@@ -56,23 +73,18 @@ def plan_task(params: ShardsParams) -> ShardPlan:
     """List the source and fix the shard layout (I/O on the source: retried)."""
     from data_tools.shards.precompute import plan_shards
 
-    plan = plan_shards(params.source, shards_config(params), fewshot=params.fewshot, exclude_pairs=params.exclude_pairs)
+    plan = plan_shards(
+        sources(params), shards_config(params), fewshot=params.fewshot, exclude_pairs=params.exclude_pairs
+    )
     return ShardPlan(fingerprint=plan.fingerprint, num_shards=plan.num_shards, num_inputs=len(plan.entries))
 
 
 @task(retries=2, retry_delay_seconds=5, cache_key_fn=_job_key, persist_result=True)
 def shard_job(params: ShardsParams, plan: ShardPlan, index: int) -> ShardJob:
     """Write (or verify and reuse) shard ``index``; decoding and the landmark model run inside."""
-    from data_tools.shards.precompute import precompute, shard_name
+    from data_tools.shards.precompute import shard_name
 
-    result = precompute(
-        params.source,
-        params.out_dir,
-        shards_config(params),
-        fewshot=params.fewshot,
-        exclude_pairs=params.exclude_pairs,
-        shard_ids=[index],
-    )
+    result = write_shards(params, [index])
     name = shard_name(index)
     return ShardJob(name=name, sha256=file_sha256(Path(result.out_dir) / name), reused=name in result.reused)
 
@@ -80,11 +92,7 @@ def shard_job(params: ShardsParams, plan: ShardPlan, index: int) -> ShardJob:
 @task(retries=2, retry_delay_seconds=5)
 def finalize_task(params: ShardsParams, jobs: list[ShardJob]) -> dict[str, Any]:
     """Write ``manifest.parquet`` and ``_info.json`` once every shard exists (every shard is re-verified)."""
-    from data_tools.shards.precompute import precompute
-
-    result = precompute(
-        params.source, params.out_dir, shards_config(params), fewshot=params.fewshot, exclude_pairs=params.exclude_pairs
-    )
+    result = write_shards(params)
     if result.written:
         get_run_logger().warning("finalize rewrote shards %s (changed since their job ran)", result.written)
     info = result.info or {}
@@ -102,7 +110,8 @@ def shards_flow(
     """Align, precompute landmarks and write WebDataset shards + manifest, tracked as one MLflow run."""
     cfg = shards_config(params)
     with tracked_stage("shards", parent_run_id, experiment, run_name=params.name) as run_id:
-        lineage.log_run_data(run_id, params={**flatten(cfg.model_dump(mode="json")), "source": params.source})
+        logged = {**flatten(cfg.model_dump(mode="json")), "source": ", ".join(sources(params))}
+        lineage.log_run_data(run_id, params=logged)
         plan = plan_task(params)
         jobs = shard_job.map(unmapped(params), unmapped(plan), list(range(plan.num_shards))).result()
         info = finalize_task(params, jobs)

@@ -2,7 +2,8 @@
 
 Each flow resolves and validates the stage config here (so a bad override fails before any process starts),
 opens the stage's MLflow child run, then runs one cached task that launches torchrun and hashes the outputs.
-The task's cache key is the content of its inputs (shard set, checkpoints) plus the config hash.
+The task's cache key is the content of its inputs (shard set, checkpoints) plus the config hash. Every stage runs as
+``lafs <stage>`` on every rank (``--no-python``), the command its parameters give (:mod:`flows.params`).
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ from flows import lineage
 from flows.caching import CacheKey, cache_key_from_param, file_sha256
 from flows.common import STOP_HOOKS, StageOutput, record_cache_hit, tracked_stage
 from flows.launcher import run_process_group, torchrun_command
-from flows.params import FinetuneParams, LaunchParams, PartFViTParams, PretrainParams, StageParams
+from flows.params import FinetuneParams, LaunchParams, PartFViTParams, PretrainParams
 from lafs_core.config import StageConfig, load_config
 
 
 class StageLaunch(BaseModel):
-    """One torchrun invocation of a stage and the files it must leave in its run folder."""
+    """One torchrun invocation of a stage (``lafs <stage> ...`` on every rank) and the files it must leave."""
 
     stage: str
-    entry: list[str]
-    no_python: bool
+    command: list[str]
     out_dir: str
     outputs: dict[str, list[str]]
 
@@ -39,19 +39,6 @@ def lafs_program() -> str:
     if not found:
         raise FileNotFoundError("the `lafs` console script is not installed in this environment")
     return found
-
-
-def stage_arguments(params: StageParams, extra: list[str]) -> list[str]:
-    """CLI arguments shared by the stage entry points: preset, config file, then overrides (extra last wins)."""
-    args = ["--preset", params.preset]
-    if params.config_file:
-        args += ["--config", params.config_file]
-    return args + list(params.overrides) + extra
-
-
-def resolve(cls: type[StageConfig], params: StageParams, extra: list[str]) -> StageConfig:
-    """The stage's resolved config, exactly as its entry point will resolve it."""
-    return load_config(cls, params.config_file, [*params.overrides, *extra], params.preset)
 
 
 def _first_existing(out_dir: Path, names: list[str]) -> Path:
@@ -66,7 +53,7 @@ def train_task(key: CacheKey, spec: StageLaunch, launch: LaunchParams, env: dict
     """Launch the stage under torchrun, then return its output files and their sha256 (never tensors)."""
     out_dir = Path(spec.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = torchrun_command(launch, spec.entry, no_python=spec.no_python)
+    cmd = torchrun_command(launch, [lafs_program(), *spec.command], no_python=True)
     run_process_group(
         cmd, env=env, log_file=str(out_dir / "torchrun.log"), timeout_s=launch.timeout_s, grace_s=launch.grace_s
     )
@@ -99,6 +86,23 @@ def run_stage(
         return record_cache_hit(run_id, output)
 
 
+def launch_stage(
+    params: PartFViTParams | PretrainParams | FinetuneParams,
+    cls: type[StageConfig],
+    stage: str,
+    outputs: dict[str, list[str]],
+    parent_run_id: str | None,
+    experiment: str,
+    **inputs: str | None,
+) -> StageOutput:
+    """Resolve the stage's config here (a bad override fails before any process starts), key the cache on it and
+    on the contents of ``inputs``, and run the stage's ``lafs`` command under torchrun."""
+    cfg = load_config(cls, params.config_file, params.stage_overrides(), params.preset)
+    spec = StageLaunch(stage=stage, command=params.command(), out_dir=str(cfg.output_dir), outputs=outputs)
+    key = CacheKey.of(stage, cfg, cfg.output_dir, shards=params.shards, **inputs)
+    return run_stage(spec, key, params.launch, parent_run_id, experiment, params.shards)
+
+
 @flow(name="partfvit", **STOP_HOOKS)
 def partfvit_flow(
     params: PartFViTParams, parent_run_id: str | None = None, experiment: str = "lafs-pipeline"
@@ -106,17 +110,8 @@ def partfvit_flow(
     """Train the Part fViT end to end; its landmark CNN becomes the landmark model of the next shards."""
     from lafs_core.config.finetune import PartFViTConfig
 
-    extra = [f"data_dir={params.shards}", f"output_dir={params.out_dir}"]
-    cfg = resolve(PartFViTConfig, params, extra)
-    spec = StageLaunch(
-        stage="partfvit",
-        entry=[lafs_program(), "partfvit", *stage_arguments(params, extra)],
-        no_python=True,
-        out_dir=str(cfg.output_dir),
-        outputs={"landmark_cnn": ["landmark_cnn.pt"], "checkpoint": ["best.pt", "last.pt"]},
-    )
-    key = CacheKey.of("partfvit", cfg, cfg.output_dir, shards=params.shards)
-    return run_stage(spec, key, params.launch, parent_run_id, experiment, params.shards)
+    outputs = {"landmark_cnn": ["landmark_cnn.pt"], "checkpoint": ["last.pt"]}
+    return launch_stage(params, PartFViTConfig, "partfvit", outputs, parent_run_id, experiment)
 
 
 @flow(name="pretrain", **STOP_HOOKS)
@@ -126,17 +121,7 @@ def pretrain_flow(
     """LAFS self-supervised pretraining (torchrun DDP); exports the teacher for fine-tuning."""
     from lafs_core.config.pretrain import PretrainConfig
 
-    extra = [f"data_dir={params.shards}", f"output_dir={params.out_dir}"]
-    cfg = resolve(PretrainConfig, params, extra)
-    spec = StageLaunch(
-        stage="pretrain",
-        entry=["-m", "lafs_core.train.pretrain", *stage_arguments(params, extra)],
-        no_python=False,
-        out_dir=str(cfg.output_dir),
-        outputs={"teacher": ["teacher.pt"]},
-    )
-    key = CacheKey.of("pretrain", cfg, cfg.output_dir, shards=params.shards)
-    return run_stage(spec, key, params.launch, parent_run_id, experiment, params.shards)
+    return launch_stage(params, PretrainConfig, "pretrain", {"teacher": ["teacher.pt"]}, parent_run_id, experiment)
 
 
 @flow(name="finetune", **STOP_HOOKS)
@@ -146,19 +131,6 @@ def finetune_flow(
     """Few-shot CosFace fine-tuning from the SSL teacher and the Part fViT landmark CNN; registers the model."""
     from lafs_core.config.finetune import FinetuneConfig
 
-    extra = [f"data_dir={params.shards}", f"output_dir={params.out_dir}", f"registered_model={params.registered_model}"]
-    if params.init_backbone:
-        extra.append(f"init_backbone={params.init_backbone}")
-    if params.init_landmarks:
-        extra.append(f"init_landmarks={params.init_landmarks}")
-    cfg = resolve(FinetuneConfig, params, extra)
-    spec = StageLaunch(
-        stage="finetune",
-        entry=[lafs_program(), "finetune", *stage_arguments(params, extra)],
-        no_python=True,
-        out_dir=str(cfg.output_dir),
-        outputs={"checkpoint": ["best.pt", "last.pt"]},
-    )
-    inputs = {"shards": params.shards, "init": params.init_backbone, "landmarks": params.init_landmarks}
-    key = CacheKey.of("finetune", cfg, cfg.output_dir, **inputs)
-    return run_stage(spec, key, params.launch, parent_run_id, experiment, params.shards)
+    inputs = {"init": params.init_backbone, "landmarks": params.init_landmarks}
+    outputs = {"checkpoint": ["last.pt"]}
+    return launch_stage(params, FinetuneConfig, "finetune", outputs, parent_run_id, experiment, **inputs)

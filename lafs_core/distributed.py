@@ -54,20 +54,16 @@ def init_distributed(backend: str | None = None, timeout_s: int = 1800) -> DistI
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def current() -> DistInfo:
-    """The DistInfo of an already-initialised job (or of a lone process)."""
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the running job, (0, 1) alone."""
     if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def is_main_process() -> bool:
     """True on global rank 0 (or when not distributed)."""
-    return current().rank == 0
+    return rank_world()[0] == 0
 
 
 def barrier() -> None:

@@ -1,7 +1,9 @@
-"""MLflow tracking for the training stages: rank 0 only, one run per stage, nested under the pipeline's run.
+"""MLflow tracking of every stage (training, evaluation, export): rank 0 only, one run per stage, nested under the
+pipeline's run.
 
-A stage attaches to its run in this order: an explicit ``run_id`` (e.g. from a checkpoint being resumed),
-``MLFLOW_RUN_ID`` (set by the pipeline flow for torchrun children), or a new run whose parent is
+:func:`stage_run` is the one place a run is opened in-process. A stage attaches to its run in this order: the run
+already active in this process (a command inside a tracked block), an explicit ``run_id`` (e.g. from a checkpoint
+being resumed), ``MLFLOW_RUN_ID`` (set by the pipeline flow for its stage processes), or a new run whose parent is
 ``LAFS_MLFLOW_PARENT_RUN_ID`` (tag ``mlflow.parentRunId``). Other ranks get ``None`` and log nothing.
 """
 
@@ -19,8 +21,8 @@ from pydantic import BaseModel
 
 from lafs_core.config import dump_config
 from lafs_core.config.loader import config_to_dict
+from lafs_core.distributed import is_main_process
 from lafs_core.env import configure_offline_env
-from lafs_core.train.distributed import is_main_process
 
 PARENT_RUN_ENV = "LAFS_MLFLOW_PARENT_RUN_ID"
 DEFAULT_EXPERIMENT = "lafs"
@@ -59,10 +61,19 @@ def stage_run(
     run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     system_metrics: bool = True,
+    experiment: str | None = None,
+    run_name: str | None = None,
 ) -> Iterator[mlflow.ActiveRun | None]:
-    """Open (or re-attach to) the MLflow run of a stage on rank 0; yield ``None`` on other ranks."""
+    """Open (or re-attach to) the MLflow run of a stage on rank 0; yield ``None`` on other ranks.
+
+    A new run goes to ``experiment`` (default ``MLFLOW_EXPERIMENT_NAME``, else ``lafs``) under ``run_name`` (default
+    the stage). The run ends FINISHED, or FAILED when the block raises; a run that was already active stays open.
+    """
     if not is_main_process():
         yield None
+        return
+    if (active := mlflow.active_run()) is not None:
+        yield active
         return
     configure_offline_env()
     run_id = run_id or os.environ.get("MLFLOW_RUN_ID")
@@ -70,10 +81,10 @@ def stage_run(
     if run_id:
         run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
     else:
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+        mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
         if parent := os.environ.get(PARENT_RUN_ENV):
             all_tags["mlflow.parentRunId"] = parent
-        run = mlflow.start_run(run_name=stage, log_system_metrics=system_metrics)
+        run = mlflow.start_run(run_name=run_name or stage, log_system_metrics=system_metrics)
     mlflow.set_tags(all_tags)
     if cfg is not None and not run.data.params:
         log_config(cfg)
@@ -91,13 +102,19 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
 
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Set tags on the active run from rank 0."""
+    if is_main_process() and mlflow.active_run() is not None:
+        mlflow.set_tags(dict(tags))
+
+
+def log_params(params: Mapping[str, object]) -> None:
+    """Log parameters to the active run from rank 0."""
+    if is_main_process() and mlflow.active_run() is not None:
+        mlflow.log_params({k: str(v)[:_MAX_PARAM_CHARS] for k, v in params.items()})
+
+
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     """Log a file to the active run from rank 0."""
     if is_main_process() and mlflow.active_run() is not None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
-
-
-def active_run_id() -> str | None:
-    """The id of the active run on rank 0, else ``None``."""
-    run = mlflow.active_run() if is_main_process() else None
-    return run.info.run_id if run else None

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from data_tools.align import align_5pt
+from data_tools.readers.base import decode_rgb
 from lafs_core.errors import DataError
 
 
@@ -97,3 +99,42 @@ def load_ijb_meta(root: str | Path, name: str) -> IJBMeta:
             f"{unknown.size} templates in pairs are not in the face_tid_mid file (e.g. {unknown[0]})",
         )
     return IJBMeta(root, names, templates, medias, landmarks, scores, t1, t2, label)
+
+
+def detect_set_name(root: Path) -> str:
+    """``ijbb`` / ``ijbc`` from ``meta/<name>_template_pair_label.txt``."""
+    found = sorted((root / "meta").glob("*_template_pair_label.txt"))
+    if len(found) != 1:
+        raise DataError(root / "meta", f"expected one *_template_pair_label.txt, found {len(found)}")
+    return found[0].name.removesuffix("_template_pair_label.txt")
+
+
+class IjbImages:
+    """Loose crops aligned by their 5 points to the 112x112 ArcFace template (RGB); ``None`` when unreadable."""
+
+    def __init__(self, meta: IJBMeta) -> None:
+        self.meta = meta
+
+    def __len__(self) -> int:
+        return len(self.meta.names)
+
+    def load(self, index: int) -> np.ndarray | None:
+        try:
+            image = decode_rgb(self.meta.image_path(index).read_bytes())
+        except OSError:
+            return None
+        if image is None:
+            return None
+        return align_5pt(image, self.meta.landmarks[index])[0]
+
+    def present(self) -> np.ndarray:
+        """Which image files exist (a media's mean counts the images present)."""
+        return np.array([self.meta.image_path(i).is_file() for i in range(len(self))], dtype=bool)
+
+
+def open_ijb(root: str | Path, name: str | None = None) -> tuple[str, IJBMeta, IjbImages]:
+    """``(set name, meta, aligned faces)`` of an IJB-B/C folder; the name defaults to the one in ``meta/``."""
+    root = Path(root)
+    name = name or detect_set_name(root)
+    meta = load_ijb_meta(root, name)
+    return name, meta, IjbImages(meta)

@@ -98,12 +98,12 @@ class CnnSource(LandmarkSource):
         import torch
 
         from lafs_core.data.normalize import normalize
+        from lafs_core.models.face_model import fixed_landmarks
 
         if images.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"landmark CNN expects {self.image_size}px faces, got {images.shape[1:3]}")
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
-        with torch.inference_mode():
-            landmarks = self.model(normalize(x)).float().cpu().numpy()
+        landmarks = fixed_landmarks(self.model, normalize(x)).cpu().numpy()
         return landmarks.astype(np.float32), np.isfinite(landmarks).all(axis=(1, 2))
 
 

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,13 @@ import numpy as np
 from data_tools.shards.alignment import describe as describe_alignment
 from data_tools.shards.landmark_sources import LandmarkSource, flip_permutation, open_landmark_source
 from data_tools.shards.lock import JOB_LOCKS, OutputLockedError, folder_lock, shard_locks
-from data_tools.shards.manifest import FORMAT, INFO, MANIFEST, landmark_stats_batch, write_info, write_manifest
+from data_tools.shards.manifest import landmark_stats_batch, write_info, write_manifest
 from data_tools.shards.prepare import Prepared, Preparer, prepared_inputs
-from data_tools.shards.sources import Entry, FaceSource, open_source
+from data_tools.shards.sources import Entry, FaceSource, open_sources
 from data_tools.shards.writer import ShardSample, atomic_write_bytes, file_sha256, write_shard
 from lafs_core.config.data import ShardsConfig
 from lafs_core.config.loader import config_to_dict
+from lafs_core.data.shard_format import FORMAT, INFO, MANIFEST
 from lafs_core.errors import DataError, printable
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 PARTS = ".parts"
 KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 Progress = Callable[[int], None]
+Sources = str | Path | Sequence[str | Path]
 
 
 def shard_name(index: int) -> str:
@@ -91,9 +93,10 @@ class Plan:
 
 
 def make_plan(source: FaceSource, cfg: ShardsConfig, landmarks: LandmarkSource) -> Plan:
-    """Order the source's entries by key, permute them with ``cfg.seed``, fingerprint the result."""
+    """Order the source's entries by key, permute them with ``cfg.seed`` (keeping the first ``cfg.max_inputs``: a
+    seeded sample), fingerprint the result."""
     entries = sorted(source.entries, key=lambda e: e.key)
-    order = np.random.default_rng(cfg.seed).permutation(len(entries))
+    order = np.random.default_rng(cfg.seed).permutation(len(entries))[: cfg.max_inputs]
     entries = [entries[i] for i in order]
     identity = {
         "format": FORMAT,
@@ -329,7 +332,7 @@ def finalize(
 
 
 def precompute(
-    source_path: str | Path,
+    source_path: Sources,
     out_dir: str | Path,
     cfg: ShardsConfig,
     *,
@@ -378,9 +381,10 @@ def make_output_folder(out_dir: Path) -> None:
 
 
 def _open_inputs(
-    source_path: str | Path, cfg: ShardsConfig, fewshot: str | Path | None, exclude_pairs: str | Path | None
+    source_path: Sources, cfg: ShardsConfig, fewshot: str | Path | None, exclude_pairs: str | Path | None
 ) -> tuple[FaceSource, LandmarkSource]:
-    source = open_source(source_path, fewshot=fewshot, exclude_pairs=exclude_pairs)
+    paths = [source_path] if isinstance(source_path, str | Path) else list(source_path)
+    source = open_sources(paths, fewshot=fewshot, exclude_pairs=exclude_pairs)
     landmarks = open_landmark_source(
         cfg.landmarks, cfg.model.num_landmarks, cfg.model.image_size, cfg.model.sampler_convention
     )
@@ -393,7 +397,7 @@ def _work_done(results: list[ShardResult]) -> tuple[list[str], list[str]]:
 
 
 def plan_shards(
-    source_path: str | Path,
+    source_path: Sources,
     cfg: ShardsConfig,
     *,
     fewshot: str | Path | None = None,

@@ -10,7 +10,7 @@ Labels are re-numbered 0..K-1 over the identities that remain (sorted by name), 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -162,3 +162,31 @@ def open_source(
     if not entries:
         raise DataError(path, "no images left after filtering")
     return FaceSource(relabel(entries), loader, description, [{"key": "", **s} for s in skipped])
+
+
+def open_sources(
+    paths: Sequence[str | Path], fewshot: str | Path | None = None, exclude_pairs: str | Path | None = None
+) -> FaceSource:
+    """:func:`open_source` of one path, or of several written as one set: keys and identities get the source's
+    index as prefix (``s0-``, ``s1-``, ...), so nothing collides and people of different sources stay apart."""
+    if len(paths) == 1:
+        return open_source(paths[0], fewshot, exclude_pairs)
+    if fewshot is not None:
+        raise DataError(fewshot, "a few-shot list selects from one source, not from several")
+    parts = [open_source(path, exclude_pairs=exclude_pairs) for path in paths]
+    origin: dict[str, tuple[FaceSource, Entry]] = {}
+    entries = []
+    for index, part in enumerate(parts):
+        for entry in part.entries:
+            key = f"s{index}-{entry.key}"
+            origin[key] = (part, entry)
+            identity = None if entry.identity is None else f"s{index}-{entry.identity}"
+            entries.append(replace(entry, key=key, identity=identity))
+
+    def load(entry: Entry, channel_order: str) -> np.ndarray | str:
+        part, original = origin[entry.key]
+        return part.load(original, channel_order)
+
+    description = {"sources": [part.description for part in parts], "listed": len(entries)}
+    skipped = [item for part in parts for item in part.listing_skipped]
+    return FaceSource(relabel(entries), load, description, skipped)

@@ -7,8 +7,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_tools.shards.manifest import MANIFEST, read_info, read_manifest
+from data_tools.shards.manifest import read_manifest
 from data_tools.shards.writer import file_sha256
+from lafs_core.data.shard_format import MANIFEST, read_info
 from lafs_core.errors import DataError
 
 MEMBERS = ("jpg", "lmk.npy", "cls", "json")

@@ -22,7 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lafs_core.eval.pairsets import PairSet, load_pair_set
+from data_tools.pairsets import load_pair_set
+from lafs_core.eval.pairsets import PairSet
 from lafs_core.eval.report import verification_report
 from lafs_core.eval.verification import evaluate_embeddings
 
@@ -103,9 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for kind in DESCRIPTORS:
             report = classical_report(pair_set, kind)
             reports.append(report)
-            print(
-                f"{pair_set.name:>20} {kind:>7}: {100 * report['accuracy_mean']:.2f} % +- {100 * report['accuracy_std']:.2f}"
-            )
+            mean, std = 100 * report["accuracy_mean"], 100 * report["accuracy_std"]
+            print(f"{pair_set.name:>20} {kind:>7}: {mean:.2f} % +- {std:.2f}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(reports, indent=2) + "\n")

@@ -40,10 +40,10 @@ from data_tools.align import (
     estimate_similarity,
     transform_points,
 )
+from data_tools.pairsets import FileImages, load_pair_set
 from data_tools.readers.base import decode_rgb
 from experiments.baselines.dlib_verify import fold_subset
 from lafs_core.env import shared_datasets
-from lafs_core.eval.pairsets import FileImages, load_pair_set
 from lafs_core.eval.verification import evaluate_embeddings
 
 CHIP_SIZE = 150

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from data_tools.pairsets import FileImages, load_pair_set
 from data_tools.readers.base import decode_rgb
-from lafs_core.eval.pairsets import FileImages, load_pair_set
 from lafs_core.eval.report import verification_report, write_report
 from lafs_core.eval.verification import evaluate_embeddings
 

@@ -2,17 +2,19 @@
 
     python -m experiments.lfw_v1.run --budget cpu --seeds 0 [--out DIR] [--scale 1.0]
 
-Stages, each a ``lafs`` command run as a subprocess (its log in ``DIR/logs``; a finished stage is skipped on rerun):
+The chain is the pipeline's (:class:`flows.chain.Chain` of the ``lfw-v1`` configuration, the one the pipeline flow
+runs), with this experiment's budget as stage overrides and four rows instead of one. Every stage is a ``lafs``
+command run as a subprocess (its log in ``DIR/logs``; a finished stage is skipped on rerun):
 
-1. ``lafs data fewshot``: k=4 images of every pool person (pool = LFW minus the people of pairsDevTest.txt).
-2. ``lafs data shards`` of the k-shot set (grid landmarks; the supervised stages predict their own).
+1. the k-shot list: k=4 images of every pool person (pool = LFW minus the people of pairsDevTest.txt);
+2. ``lafs data shards`` of the k-shot set (grid landmarks; the supervised stages predict their own);
 3. ``lafs partfvit`` on the k-shot set only: the landmark CNN of the LAFS rows (strict few-shot, no label leakage,
-   method.md 9); also the landmark-CNN initialisation of every row's fine-tuning, so rows differ only in the ViT.
+   method.md 9); also the landmark-CNN initialisation of every row's fine-tuning, so rows differ only in the ViT;
 4. ``lafs data shards`` of the SSL images with that landmark CNN's precomputed landmarks: the unlabelled pool
-   (10,492 images) or, in short budgets, the k-shot images only (their labels unused).
-5. Per seed: ``lafs pretrain`` for dino-grid, lafs (precomputed landmarks) and lafs-online (the landmark CNN on
-   every view), then ``lafs finetune`` of all four rows (scratch: random ViT) with the same budget.
-6. Each fine-tuned ``last.pt`` is verified on the View-1 test pairs as soon as it exists, then all of them on AT&T
+   (10,492 images) or, in short budgets, the k-shot images only (their labels unused);
+5. per seed: ``lafs pretrain`` for dino-grid, lafs (precomputed landmarks) and lafs-online (the landmark CNN on
+   every view), then ``lafs finetune`` of all four rows (scratch: random ViT) with the same budget;
+6. each fine-tuned ``last.pt`` is verified on the View-1 test pairs as soon as it exists, then all of them on AT&T
    and Extended Yale B (balanced generated pairs, seed 0); the table is rewritten after every evaluation:
    ``DIR/results.json`` and ``DIR/results.md``.
 
@@ -37,15 +39,16 @@ from typing import Any
 
 from experiments.lfw_v1.budgets import BUDGETS, Budget
 from experiments.lfw_v1.table import ROWS, SETS, Record, comparisons, markdown, summarise
-from lafs_core.env import configure_offline_env, shared_datasets
+from flows.chain import Chain, configuration, evaluate_checkpoint, load_eval_pairs
+from flows.params import EvalSetParams, ShardsParams, StageParams
+from lafs_core.env import configure_offline_env
 from lafs_core.errors import LafsError
 
 log = logging.getLogger("lfw_v1")
 
-K_SHOT = 4
 DATA_SEED = 0
 RUN_ORDER = ("scratch", "lafs", "dino-grid", "lafs-online")  # cheapest and headline rows first
-PRETRAINED = {"dino-grid": ["method=dino-grid"], "lafs": ["method=lafs"], "lafs-online": ["method=lafs"]}
+PRETRAINED = {"dino-grid": ("method=dino-grid",), "lafs": ("method=lafs",), "lafs-online": ("method=lafs",)}
 
 
 def lafs_executable() -> list[str]:
@@ -96,23 +99,15 @@ class Stages:
         self.done_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.lafs = lafs_executable()
-        self._pretrain: list[str] | None = None
-
-    def pretrain_command(self) -> list[str]:
-        """``lafs pretrain`` when the CLI has it, else the trainer module (same options)."""
-        if self._pretrain is None:
-            probe = subprocess.run([*self.lafs, "pretrain", "--help"], capture_output=True, env=self.env, check=False)
-            has_cli = probe.returncode == 0 and b"pretrain" in probe.stdout.lower()
-            self._pretrain = [*self.lafs, "pretrain"] if has_cli else [sys.executable, "-m", "lafs_core.train.pretrain"]
-        return self._pretrain
 
     def record(self, name: str) -> dict[str, Any] | None:
         """The record of a finished stage, if any."""
         path = self.done_dir / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def run(self, name: str, command: Sequence[str], outputs: Sequence[Path]) -> dict[str, Any]:
-        """Run ``command`` unless a previous run finished it and its ``outputs`` exist; returns the stage record."""
+    def run(self, name: str, arguments: Sequence[str], outputs: Sequence[Path]) -> dict[str, Any]:
+        """Run ``lafs <arguments>`` unless a previous run finished it and its ``outputs`` exist; the stage record."""
+        command = [*self.lafs, *arguments]
         done = self.record(name)
         if done is not None and all(Path(p).exists() for p in outputs):
             log.info("%s: done earlier (%.0f s)", name, done["seconds"])
@@ -139,6 +134,22 @@ class Stages:
         return record
 
 
+def budget_chain(out: Path, budget: Budget) -> Chain:
+    """The lfw-v1 configuration of the pipeline chain with this budget's stage overrides, writing under ``out``."""
+    params = configuration(
+        "lfw-v1",
+        work_dir=str(out),
+        preset=budget.preset,
+        seed=DATA_SEED,
+        pretrain_on="labelled" if budget.ssl_images == "kshot" else "unlabelled",
+        partfvit_overrides=budget.partfvit_overrides(),
+        pretrain_overrides=budget.pretrain_overrides(),
+        finetune_overrides=budget.finetune_overrides(),
+        eval_sets=[{"data": name} for name in SETS],
+    )
+    return Chain.of(params)
+
+
 class Experiment:
     """The lfw-v1 stages for one budget and seed list, writing into ``out``."""
 
@@ -152,116 +163,73 @@ class Experiment:
         env.setdefault("MLFLOW_EXPERIMENT_NAME", f"lfw-v1-{budget.name}")
         env["PYTHONUNBUFFERED"] = "1"
         self.stages = Stages(out, env)
-        lfw = shared_datasets() / "lfw_deepfunneled"
-        self.lfw_root = lfw / "lfw-deepfunneled"
-        self.test_pairs = lfw / "pairsDevTest.txt"
-        self.data = out / "data"
-        self.fewshot = self.data / f"fewshot_k{K_SHOT}.json"
-        self.kshot = self.data / f"k{K_SHOT}"
-        self.pool = self.data / "pool"
-        self.partfvit = out / "partfvit"
+        self.chain = budget_chain(out, budget)
+        self.eval_sets = {spec.data: spec for spec in self.chain.params.eval_sets}
         self.pair_sets: dict[str, Any] = {}
         self.records: list[Record] = []
 
+    def _shards(self, params: ShardsParams) -> str:
+        self.stages.run(params.name, params.command(), [Path(params.out_dir) / "_info.json"])
+        return params.out_dir
+
+    def _train(self, name: str, params: StageParams, product: str) -> Path:
+        self.stages.run(name, params.command(), [Path(params.out_dir) / product])  # type: ignore[attr-defined]
+        return Path(params.out_dir) / product
+
     # --- data and the landmark model ---------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Few-shot list, k-shot shards, the k-shot Part fViT and the pool shards with its landmarks."""
-        lafs, preset = self.stages.lafs, self.budget.preset
-        self.stages.run(
-            "fewshot",
-            [*lafs, "data", "fewshot", str(self.lfw_root), "--k", str(K_SHOT), "--seed", str(DATA_SEED),
-             "--exclude-pairs", str(self.test_pairs), "--out", str(self.fewshot), "--json"],
-            [self.fewshot],
-        )  # fmt: skip
-        self.stages.run(
-            "shards-kshot",
-            [*lafs, "data", "shards", str(self.lfw_root), str(self.kshot), "--landmarks", "grid",
-             "--align", "lfw-deepfunneled", "--fewshot", str(self.fewshot), "--preset", preset, "--json"],
-            [self.kshot / "_info.json"],
-        )  # fmt: skip
-        self.stages.run(
-            "partfvit",
-            [*lafs, "partfvit", "--preset", preset, "--data", str(self.kshot), "--out", str(self.partfvit),
-             f"seed={DATA_SEED}", *self.budget.partfvit_overrides(), "--json"],
-            [self.partfvit / "last.pt", self.partfvit / "landmark_cnn.pt"],
-        )  # fmt: skip
-        select = ["--exclude-pairs", str(self.test_pairs)]
-        if self.budget.ssl_images == "kshot":
-            self.pool = self.data / f"ssl-k{K_SHOT}"
-            select = ["--fewshot", str(self.fewshot)]
-        self.stages.run(
-            f"shards-ssl-{self.budget.ssl_images}",
-            [*lafs, "data", "shards", str(self.lfw_root), str(self.pool),
-             "--landmarks", f"cnn:{self.partfvit / 'last.pt'}", "--align", "lfw-deepfunneled", *select,
-             "--preset", preset, "--json"],
-            [self.pool / "_info.json"],
-        )  # fmt: skip
+    def prepare(self) -> tuple[str, str | None, str]:
+        """k-shot list and shards, the k-shot Part fViT, the SSL shards with its landmarks: (k-shot shards,
+        landmark CNN, SSL shards)."""
+        subsets = self.chain.write_subsets()
+        kshot = self._shards(self.chain.kshot_shards(subsets))
+        landmark_stage = self.chain.landmark_stage(kshot)
+        self._train("partfvit", landmark_stage, "landmark_cnn.pt")
+        landmark_cnn = self.chain.landmark_model(landmark_stage.out_dir)
+        pool = self._shards(self.chain.pool_shards(subsets, landmark_cnn))
+        return kshot, landmark_cnn, pool
 
     # --- one row -----------------------------------------------------------------------------------------------
 
-    def pretrain(self, row: str, seed: int) -> Path:
+    def pretrain(self, row: str, seed: int, pool: str, landmark_cnn: str | None) -> Path:
         """SSL pretraining of ``row`` on the pool; returns the exported teacher."""
-        run_dir = self.out / "pretrain" / row / f"seed{seed}"
-        extra = list(PRETRAINED[row])
+        extra = [f"seed={seed}", *PRETRAINED[row]]
         if row == "lafs-online":
-            extra += ["landmarks=online", f"landmark_checkpoint={self.partfvit / 'last.pt'}"]
-        self.stages.run(
-            f"pretrain-{row}-seed{seed}",
-            [*self.stages.pretrain_command(), "--preset", self.budget.preset, f"data_dir={self.pool}",
-             f"output_dir={run_dir}", f"seed={seed}", *extra, *self.budget.pretrain_overrides()],
-            [run_dir / "teacher.pt"],
-        )  # fmt: skip
-        return run_dir / "teacher.pt"
+            extra += ["landmarks=online", f"landmark_checkpoint={landmark_cnn}"]
+        run_dir = str(self.out / "pretrain" / row / f"seed{seed}")
+        return self._train(f"pretrain-{row}-seed{seed}", self.chain.pretrain(pool, run_dir, tuple(extra)), "teacher.pt")
 
-    def finetune(self, row: str, seed: int, teacher: Path | None) -> Path:
+    def finetune(self, row: str, seed: int, kshot: str, teacher: Path | None, landmark_cnn: str | None) -> Path:
         """Few-shot CosFace fine-tuning of ``row`` on the k-shot shards; returns ``last.pt``."""
-        run_dir = self.out / "finetune" / row / f"seed{seed}"
-        init = ["--init", str(teacher)] if teacher is not None else []
-        self.stages.run(
-            f"finetune-{row}-seed{seed}",
-            [*self.stages.lafs, "finetune", "--preset", self.budget.preset, "--data", str(self.kshot),
-             "--out", str(run_dir), "--landmarks", str(self.partfvit / "last.pt"), *init, f"seed={seed}",
-             *self.budget.finetune_overrides(), "--json"],
-            [run_dir / "last.pt"],
-        )  # fmt: skip
-        return run_dir / "last.pt"
+        run_dir = str(self.out / "finetune" / row / f"seed{seed}")
+        params = self.chain.finetune(kshot, str(teacher) if teacher else None, landmark_cnn, run_dir, (f"seed={seed}",))
+        return self._train(f"finetune-{row}-seed{seed}", params, "last.pt")
 
     def evaluate(self, row: str, seed: int, checkpoint: Path, sets: Sequence[str] = SETS) -> None:
-        """Verify ``checkpoint`` on ``sets`` (reports cached as JSON) and rewrite the results."""
+        """Score ``checkpoint`` on ``sets`` (reports kept as JSON; pair sets decoded once) and rewrite the results."""
+        out_dir = self.out / "eval" / row / f"seed{seed}"
         for name in sets:
-            path = self.out / "eval" / row / f"seed{seed}" / f"{name}.json"
-            if not path.exists():
-                self._verify(checkpoint, name, path)
+            if (out_dir / f"{name}.json").exists():
+                continue
+            spec: EvalSetParams = self.eval_sets[name]
+            if name not in self.pair_sets:
+                self.pair_sets[name] = load_eval_pairs(spec).cached()
+            start = time.time()
+            pairs = self.pair_sets[name]
+            metrics, _ = evaluate_checkpoint(str(checkpoint), spec, out_dir, self.budget.eval_batch, pairs)
+            log.info("%s %s: accuracy %.4f (%.0f s)", checkpoint, name, metrics[f"{name}/acc"], time.time() - start)
         self.write_results()
-
-    def _verify(self, checkpoint: Path, name: str, path: Path) -> None:
-        from lafs_core.eval.pairsets import load_pair_set
-        from lafs_core.eval.probe import verify_pair_set
-        from lafs_core.eval.report import write_report
-        from lafs_core.models.checkpoint import load_face_model
-
-        if name not in self.pair_sets:
-            self.pair_sets[name] = load_pair_set(name, seed=DATA_SEED).cached()
-        pair_set = self.pair_sets[name]
-        start = time.time()
-        model = load_face_model(checkpoint).eval()
-        verified = verify_pair_set(model, pair_set, self.budget.eval_batch)
-        report = verified.report(name, model=str(checkpoint), source=pair_set.source, fold_rule=pair_set.fold_rule)
-        report["seconds"] = time.time() - start
-        write_report(report, path, verified.result.fpr, verified.result.tpr)
-        log.info("%s %s: accuracy %.4f", checkpoint, name, verified.result.accuracy_mean)
 
     # --- the whole experiment ----------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         """Every stage in order; lfw-v1 right after each row, the cross-dataset checks once all rows are done."""
-        self.prepare()
+        kshot, landmark_cnn, pool = self.prepare()
         finished = []
         for seed in self.seeds:
             for row in self.rows:
-                teacher = self.pretrain(row, seed) if row in PRETRAINED else None
-                checkpoint = self.finetune(row, seed, teacher)
+                teacher = self.pretrain(row, seed, pool, landmark_cnn) if row in PRETRAINED else None
+                checkpoint = self.finetune(row, seed, kshot, teacher, landmark_cnn)
                 self.evaluate(row, seed, checkpoint, SETS[:1])
                 finished.append((row, seed, checkpoint))
         for row, seed, checkpoint in finished:

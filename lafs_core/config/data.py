@@ -21,6 +21,7 @@ class ShardsConfig(StageConfig):
         "or detect (dlib face detector + 5 points, the 'detect' extra)",
     )
     shard_size: int = Field(1000, ge=1, description="samples per shard (the last shard may hold fewer)")
+    max_inputs: int | None = Field(None, ge=1, description="keep a seeded sample of at most N inputs (null: all)")
     batch_size: int = Field(64, ge=1, description="images per landmark-model forward pass")
     workers: int = Field(2, ge=1, description="processes that decode, align and JPEG-encode beside inference")
     jpeg_quality: int = Field(95, ge=50, le=100, description="fixed JPEG quality (part of the determinism contract)")

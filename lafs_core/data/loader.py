@@ -8,11 +8,9 @@ never wait on a rank that ran out of data. Evaluation: shards are split by rank 
 seen exactly once, the last batch may be short.
 
 A batch is a dict: ``images`` (B, 3, H, W) uint8 RGB, ``landmarks`` (B, R, 2) float32 pixel-centre coordinates of
-the stored image, ``labels`` (B,) int64 (-1 unlabelled), ``keys`` list[str]; with a ``ViewSpec``, also ``affine``
-(B, V, 2, 3) view->source, ``view_landmarks`` (B, V, R, 2), ``flipped`` (B, V); with ``online=True`` also
-``crops`` (B, V, 3, S, S) float 0..255, the clean warped views (for running a landmark model on every view). With
-``images_map``, ``images`` is that function of the stored batch, computed in the loader workers (the supervised
-augmentation runs there, off the training step's critical path).
+the stored image, ``labels`` (B,) int64 (-1 unlabelled), ``keys`` list[str]. With ``images_map``, ``images`` is that
+function of the stored batch, computed in the loader workers (the supervised augmentation runs there, off the
+training step's critical path); the SSL views are made by the step (``lafs_core.data.ssl_views``).
 
 Only verified data is used: each shard is read whole into memory and its size and sha256 are checked against
 ``_info.json`` before any of its samples is decoded (hashing bytes already read costs a few percent of decoding them;
@@ -41,20 +39,14 @@ import torch
 import webdataset as wds
 from torch.utils.data import get_worker_info
 
-from data_tools.shards import manifest
-from lafs_core.data.views import ViewSpec, render_views, sample_views
+from lafs_core.data.shard_format import INFO, read_info
+from lafs_core.distributed import rank_world
 from lafs_core.errors import DataError
 
 log = logging.getLogger(__name__)
 
-INFO = manifest.INFO
 MAX_SHARD_IN_MEMORY = 256 << 20
 READ_CHUNK = 1 << 20
-
-
-def read_info(shard_dir: str | Path) -> dict[str, Any]:
-    """The shard set's ``_info.json``; DataError if the set is missing, unfinished or malformed."""
-    return manifest.read_info(shard_dir)
 
 
 @dataclass
@@ -206,9 +198,7 @@ def dist_info(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """(rank, world size) from the arguments, else torch.distributed, else (0, 1)."""
     if rank is not None and world_size is not None:
         return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    return rank_world()
 
 
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
@@ -229,28 +219,6 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "labels": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
         "keys": [s["key"] for s in samples],
     }
-
-
-class AddViews:
-    """Batch stage that draws geometric views (as affines) per sample; seeded per (seed, rank, worker)."""
-
-    def __init__(self, spec: ViewSpec, flip_perm: list[int], image_size: int, seed: int, rank: int, online: bool):
-        self.spec = spec
-        self.flip_perm = torch.tensor(flip_perm, dtype=torch.int64)
-        self.image_size = image_size
-        self.seed = (seed, rank)
-        self.online = online
-        self.generator: torch.Generator | None = None
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Add ``affine``, ``view_landmarks``, ``flipped`` (and ``crops`` when online) to a batch."""
-        if self.generator is None:
-            self.generator = torch.Generator().manual_seed(hash((*self.seed, _worker_id())) & 0x7FFF_FFFF)
-        views = sample_views(batch["landmarks"], self.spec, self.flip_perm, self.image_size, self.generator)
-        batch.update(affine=views.affine, view_landmarks=views.landmarks, flipped=views.flipped)
-        if self.online:
-            batch["crops"] = render_views(batch["images"], views, self.spec.size)
-        return batch
 
 
 def _seeded_shuffle(bufsize: int, seed: int, rank: int, samples: Iterable[Any]) -> Iterator[Any]:
@@ -276,8 +244,6 @@ def train_loader(
     num_workers: int = 2,
     seed: int = 0,
     shuffle_buffer: int = 1000,
-    views: ViewSpec | None = None,
-    online: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
     epoch_batches: int | None = None,
@@ -285,8 +251,8 @@ def train_loader(
 ) -> wds.WebLoader:
     """Endless resampled pipeline cut into epochs of the same number of full batches on every rank.
 
-    ``images_map`` (uint8 (B, 3, H, W) -> the same) runs per batch in the workers, before any views are drawn; it may
-    use torch's and Python's global random streams, which the DataLoader seeds per worker from the main process.
+    ``images_map`` (uint8 (B, 3, H, W) -> the same) runs per batch in the workers; it may use torch's and Python's
+    global random streams, which the DataLoader seeds per worker from the main process.
     """
     info = read_info(shard_dir)
     check = shard_check(shard_dir, info)
@@ -302,8 +268,6 @@ def train_loader(
     ]
     if images_map is not None:
         stages.append(wds.map_dict(images=images_map))
-    if views is not None:
-        stages.append(wds.map(AddViews(views, info["flip_permutation"], info["image_size"], seed, rank, online)))
     loader = wds.WebLoader(
         wds.DataPipeline(*stages), batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0
     )
@@ -336,3 +300,15 @@ def eval_loader(
     )
     workers = min(num_workers, len(urls))
     return wds.WebLoader(pipeline, batch_size=None, num_workers=workers)
+
+
+def read_samples(shard_dir: str | Path, wanted: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Decoded samples ``{key: {"image", "landmarks", "label", "key"}}`` of ``wanted`` (key -> shard file name),
+    read from their shards after the same checks as training; a key that is missing or broken is left out."""
+    info = read_info(shard_dir)
+    check = shard_check(shard_dir, info)
+    urls = [{"url": str(Path(shard_dir) / name)} for name in sorted(set(wanted.values()))]
+    keys = set(wanted)
+    raw = (sample for sample in verified_samples(urls, check) if sample["__key__"] in keys)
+    decode = SafeDecode(check, info["image_size"], info["num_landmarks"])
+    return {sample["key"]: sample for sample in decode(raw)}

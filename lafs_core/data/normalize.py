@@ -12,8 +12,3 @@ import torch
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """Map RGB uint8 (or float 0..255) images to float32 in [-1, 1]."""
     return images.float().div(127.5).sub(1.0)
-
-
-def denormalize(images: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`normalize`, back to float 0..255 (for plots)."""
-    return images.add(1.0).mul(127.5)

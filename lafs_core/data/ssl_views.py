@@ -30,6 +30,7 @@ from lafs_core.config.pretrain import PretrainConfig
 from lafs_core.data.augment import recipe
 from lafs_core.data.normalize import normalize
 from lafs_core.data.views import Views, ViewSpec, crop_affine, random_boxes, render_views, sample_views
+from lafs_core.models.face_model import fixed_landmarks
 from lafs_core.models.sampler import grid_landmarks, sample_patches
 
 
@@ -164,14 +165,10 @@ class SSLViewMaker:
     @torch.no_grad()
     def _predict(self, images: torch.Tensor, views: Views) -> torch.Tensor:
         """Landmark CNN (fp32, eval) on the clean warped crops: (B, V, R, 2) in view pixels."""
-        model = self.landmark_model
-        model.eval()
         batch, num = views.affine.shape[:2]
         size = self.model_cfg.image_size
         crops = render_views(images, views, size).reshape(batch * num, 3, size, size)
-        with torch.autocast(images.device.type, enabled=False):
-            predicted = model(normalize(crops).float())
-        return predicted.view(batch, num, -1, 2)
+        return fixed_landmarks(self.landmark_model, normalize(crops)).view(batch, num, -1, 2)
 
     def _grid_views(self, images: torch.Tensor) -> SSLViews:
         cfg, mcfg = self.cfg, self.model_cfg

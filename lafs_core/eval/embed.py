@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from lafs_core.data.normalize import normalize
+from lafs_core.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,18 @@ class Embeddings:
 
 
 class _SourceDataset(Dataset):
-    """Adapts an :class:`ImageSource` to a DataLoader: (index, CHW uint8 tensor, readable flag)."""
+    """Adapts an :class:`ImageSource` (or the rows ``indices`` of it) to a DataLoader: (index, CHW uint8, readable)."""
 
-    def __init__(self, source: ImageSource, image_size: int) -> None:
+    def __init__(self, source: ImageSource, image_size: int, indices: np.ndarray | None = None) -> None:
         self.source = source
         self.image_size = image_size
+        self.indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.indices)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, bool]:
+    def __getitem__(self, item: int) -> tuple[int, torch.Tensor, bool]:
+        index = int(self.indices[item])
         image = self.source.load(index)
         if image is None:
             return index, torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), False
@@ -69,13 +72,15 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Put a model in eval mode and restore its previous mode afterwards (for in-training probes)."""
-    was_training = model.training
+    """Put a model in eval mode and give every submodule back its own previous mode (for in-training probes, whose
+    model may hold a frozen part in eval mode beside trained parts in train mode)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def flip_sum(model: Callable[[torch.Tensor], torch.Tensor], images_uint8: torch.Tensor) -> torch.Tensor:
@@ -95,24 +100,25 @@ def iter_flip_features(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     desc: str = "embedding",
+    indices: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Stream ``(indices, unnormalised flip-sum features, readable)`` batches over a source, in order."""
+    """Stream ``(indices, unnormalised flip-sum features, readable)`` batches over a source (or its rows
+    ``indices``), in order. The loader draws from a generator of its own, never from the caller's random streams."""
     device = _model_device(model)
+    dataset = _SourceDataset(source, image_size, indices)
     loader = DataLoader(
-        _SourceDataset(source, image_size),
+        dataset,
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
     )
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
-    )
-    bar = tqdm(total=len(source), desc=desc, unit="img", disable=not progress, leave=False)
-    with eval_mode(model), torch.inference_mode(), autocast:
-        for indices, images, ok in loader:
+    bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, leave=False)
+    with eval_mode(model), torch.inference_mode(), autocast(autocast_dtype, device):
+        for batch_indices, images, ok in loader:
             feats = flip_sum(model, images.to(device, non_blocking=True))
-            bar.update(len(indices))
-            yield indices.numpy(), feats.float().cpu().numpy(), ok.numpy().astype(bool)
+            bar.update(len(batch_indices))
+            yield batch_indices.numpy(), feats.float().cpu().numpy(), ok.numpy().astype(bool)
     bar.close()
 
 
@@ -125,22 +131,33 @@ def embed_source(
     image_size: int = 112,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    indices: np.ndarray | None = None,
 ) -> Embeddings:
-    """Embeddings of every image of a source: flip-sum, then L2-normalised unless ``l2_normalize=False``."""
+    """Embeddings of every image of a source: flip-sum, then L2-normalised unless ``l2_normalize=False``.
+
+    With ``indices`` only those rows are embedded; the others stay zero and not valid.
+    """
     features: np.ndarray | None = None
     valid = np.zeros(len(source), dtype=bool)
-    for indices, feats, ok in iter_flip_features(
-        model, source, batch_size, num_workers, image_size, autocast_dtype, progress
+    for rows, feats, ok in iter_flip_features(
+        model, source, batch_size, num_workers, image_size, autocast_dtype, progress, indices=indices
     ):
         if features is None:
             features = np.zeros((len(source), feats.shape[1]), dtype=np.float32)
         feats[~ok] = 0.0
-        features[indices] = feats
-        valid[indices] = ok
+        features[rows] = feats
+        valid[rows] = ok
     if features is None:
-        raise ValueError("cannot embed an empty image source")
+        if indices is None or len(source) == 0:
+            raise ValueError("cannot embed an empty image source")
+        features = np.zeros((len(source), _embedding_dim(model)), dtype=np.float32)
     if l2_normalize:
         features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    if not valid.all():
+    if indices is None and not valid.all():
         log.warning("%d of %d images could not be read and were skipped", int((~valid).sum()), valid.size)
     return Embeddings(features=features, valid=valid)
+
+
+def _embedding_dim(model: torch.nn.Module) -> int:
+    """The embedding width of a face model (for a rank whose share of a source is empty)."""
+    return int(model.cfg.dim)

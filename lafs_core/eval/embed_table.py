@@ -1,8 +1,8 @@
 """``lafs embed``: one Parquet row per embedded image (key, file, identity, label, embedding), skips listed.
 
 The embeddings come from :func:`lafs_core.eval.embed.embed_source` (batched, flip-sum, L2), the same path as every
-evaluation, over an :class:`~lafs_core.eval.faces.AlignedFaces` source. Images that cannot be read or have no face
-get no row; they are returned (and stored in the file's metadata) with the reason.
+evaluation, over a :class:`ListedFaces` source (``data_tools.faces.open_faces``). Images that cannot be read or have
+no face get no row; they are returned (and stored in the file's metadata) with the reason.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -19,9 +19,21 @@ import pyarrow.parquet as pq
 import torch
 
 from lafs_core.eval.embed import embed_source
-from lafs_core.eval.faces import AlignedFaces
 
 META_KEY = b"lafs.embed"
+
+
+class ListedFaces(Protocol):
+    """An image source whose entries carry key, file, identity and label, and which says why an image is skipped."""
+
+    entries: list[Any]
+    listing_skipped: list[dict[str, str]]
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> np.ndarray | None: ...
+
+    def problem(self, index: int) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,7 @@ class EmbeddedFaces:
 
 def embed_faces(
     model: torch.nn.Module,
-    faces: AlignedFaces,
+    faces: ListedFaces,
     batch_size: int = 128,
     num_workers: int = 0,
     image_size: int = 112,
@@ -64,7 +76,7 @@ def embed_faces(
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.features[rows].reshape(-1), pa.float32()), dim),
         }
     )
-    skipped = [dict(s) for s in faces.source.listing_skipped]
+    skipped = [dict(s) for s in faces.listing_skipped]
     for i in np.flatnonzero(~emb.valid).tolist():
         skipped.append({"key": entries[i].key, "file": entries[i].file, "reason": faces.problem(i) or "unreadable"})
     return EmbeddedFaces(table, skipped)

@@ -1,7 +1,8 @@
 """IJB-B / IJB-C 1:1 template verification (method.md 10.2), streaming so that IJB-C fits in memory.
 
-Layout (insightface release, read by :mod:`data_tools.readers.ijb`): ``<root>/loose_crop/<image>`` and
-``<root>/meta/<name>_{name_5pts_score,face_tid_mid,template_pair_label}.txt``.
+The set (insightface release: ``<root>/loose_crop/<image>`` and
+``<root>/meta/<name>_{name_5pts_score,face_tid_mid,template_pair_label}.txt``) is read and its images aligned by
+:func:`data_tools.readers.ijb.open_ijb`; this module scores a model on what it gives.
 
 Per image: 5-point similarity alignment to 112x112, features ``f(x) + f(flip(x))``; optionally L2-normalised
 (``use_norm_score=False``; the official default keeps the norm as a quality weight) and multiplied by the
@@ -16,45 +17,37 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from data_tools.align import align_5pt
-from data_tools.readers.base import decode_rgb
-from data_tools.readers.ijb import IJBMeta, load_ijb_meta
-from lafs_core.errors import DataError
 from lafs_core.eval.embed import iter_flip_features
 from lafs_core.eval.roc import IJB_FARS, TarMethod, auc, roc_curve, tar_at_far
 
 log = logging.getLogger(__name__)
 
 
-def detect_set_name(root: Path) -> str:
-    """``ijbb`` / ``ijbc`` from ``meta/<name>_template_pair_label.txt``."""
-    found = sorted((root / "meta").glob("*_template_pair_label.txt"))
-    if len(found) != 1:
-        raise DataError(root / "meta", f"expected one *_template_pair_label.txt, found {len(found)}")
-    return found[0].name.removesuffix("_template_pair_label.txt")
+class IjbMeta(Protocol):
+    """Per image: template, media and detector score; the template pairs and their labels."""
+
+    root: Path
+    templates: np.ndarray
+    medias: np.ndarray
+    scores: np.ndarray
+    pair_t1: np.ndarray
+    pair_t2: np.ndarray
+    pair_label: np.ndarray
 
 
-class IjbImages:
-    """Loose crops aligned by their 5 points to the 112x112 ArcFace template (RGB); ``None`` when unreadable."""
+class IjbFaces(Protocol):
+    """The set's aligned faces (an image source) and which image files are present."""
 
-    def __init__(self, meta: IJBMeta) -> None:
-        self.meta = meta
+    def __len__(self) -> int: ...
 
-    def __len__(self) -> int:
-        return len(self.meta.names)
+    def load(self, index: int) -> np.ndarray | None: ...
 
-    def load(self, index: int) -> np.ndarray | None:
-        try:
-            image = decode_rgb(self.meta.image_path(index).read_bytes())
-        except OSError:
-            return None
-        if image is None:
-            return None
-        return align_5pt(image, self.meta.landmarks[index])[0]
+    def present(self) -> np.ndarray: ...
 
 
 class TemplatePooler:
@@ -135,7 +128,8 @@ class IjbResult:
 
 def template_features(
     model: torch.nn.Module,
-    meta: IJBMeta,
+    meta: IjbMeta,
+    faces: IjbFaces,
     batch_size: int = 128,
     num_workers: int = 0,
     use_norm_score: bool = True,
@@ -144,25 +138,25 @@ def template_features(
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """``(template ids, L2-normalised template features, images skipped)``, streaming over the images."""
-    present = np.array([meta.image_path(i).is_file() for i in range(len(meta.names))], dtype=bool)
-    pooler = TemplatePooler(meta.templates, meta.medias, present)
+    pooler = TemplatePooler(meta.templates, meta.medias, faces.present())
     skipped = 0
     for indices, feats, ok in iter_flip_features(
-        model, IjbImages(meta), batch_size, num_workers, autocast_dtype=autocast_dtype, progress=progress, desc="ijb"
+        model, faces, batch_size, num_workers, autocast_dtype=autocast_dtype, progress=progress, desc="ijb"
     ):
         skipped += int((~ok).sum())
         weighted = weight_features(feats[ok], meta.scores[indices[ok]], use_norm_score, use_detector_score)
         pooler.add(indices[ok], weighted)
     if skipped:
-        log.warning("%s: %d of %d images could not be read and were skipped", meta.root, skipped, len(meta.names))
+        log.warning("%s: %d of %d images could not be read and were skipped", meta.root, skipped, len(faces))
     template_ids, feats = pooler.finish()
     return template_ids, feats, skipped
 
 
 def evaluate_ijb(
     model: torch.nn.Module,
-    root: str | Path,
-    name: str | None = None,
+    name: str,
+    meta: IjbMeta,
+    faces: IjbFaces,
     batch_size: int = 128,
     num_workers: int = 0,
     use_norm_score: bool = True,
@@ -172,12 +166,9 @@ def evaluate_ijb(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> IjbResult:
-    """The IJB 1:1 protocol end to end for one model."""
-    root = Path(root)
-    name = name or detect_set_name(root)
-    meta = load_ijb_meta(root, name)
+    """The IJB 1:1 protocol for one model on a set read by :func:`data_tools.readers.ijb.open_ijb`."""
     template_ids, feats, skipped = template_features(
-        model, meta, batch_size, num_workers, use_norm_score, use_detector_score, autocast_dtype, progress
+        model, meta, faces, batch_size, num_workers, use_norm_score, use_detector_score, autocast_dtype, progress
     )
     pairs = np.stack([meta.pair_t1, meta.pair_t2], axis=1)
     roc = roc_curve(score_pairs(template_ids, feats, pairs), meta.pair_label.astype(bool))
@@ -187,7 +178,7 @@ def evaluate_ijb(
         auc=auc(roc),
         pairs=len(pairs),
         templates=int(template_ids.size),
-        images=len(meta.names),
+        images=len(faces),
         images_skipped=skipped,
         fpr=roc.fpr,
         tpr=roc.tpr,

@@ -1,112 +1,31 @@
-"""Verification pair sets: LFW pair files, insightface ``.bin`` files and balanced pairs of labelled folders.
+"""Verification pair sets and the rules that make and cut them; reading them from files is :mod:`data_tools.pairsets`.
 
 A :class:`PairSet` holds each distinct image once (an :class:`~lafs_core.eval.embed.ImageSource` of aligned 112x112
 RGB faces), the pairs as index pairs into it, the same/different flags and the fold of every pair. The fold
 structure comes from the source: LFW View 2 has its own 10 folds; View 1 and generated sets are stratified (each
 fold takes an equal share of same and of different pairs); a ``.bin`` uses the official contiguous ``KFold``.
 
-Named sets (``lfw-v1``, ``lfw-v2``, ``att``, ``yaleb``, ``yale``) resolve to the shared datasets.
+The evaluation rules live here: generated pairs of labelled images (protocols.md 2: :func:`generated_pairs`, for
+labelled folders and for the pretraining probe's shard set), and the smoke-run cut to a few pairs per fold
+(:meth:`PairSet.per_fold`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
-import cv2
 import numpy as np
 
-from data_tools.align import LFW_DEEPFUNNELED, fixed_crop
-from data_tools.readers.base import decode_rgb
-from lafs_core.env import shared_datasets
 from lafs_core.errors import DataError
 from lafs_core.eval.embed import ImageSource
-from lafs_core.eval.verification import contiguous_folds, pairs_problem, stratified_folds
+from lafs_core.eval.verification import pairs_problem, stratified_folds
 
 log = logging.getLogger(__name__)
 
-Align = Literal["auto", "lfw-deepfunneled", "none", "detect"]
 ALIGNED_SIZE = 112
 MAX_SAME_PAIRS = 3000
-
-NAMED_SETS: dict[str, tuple[str, str]] = {
-    "lfw-v1": ("lfw_deepfunneled/pairsDevTest.txt", "lfw_deepfunneled/lfw-deepfunneled"),
-    "lfw-v2": ("lfw_deepfunneled/pairs.txt", "lfw_deepfunneled/lfw-deepfunneled"),
-    "att": ("att_faces/att_faces", ""),
-    "yaleb": ("extended_yale_b_cropped/CroppedYale", ""),
-    "yale": ("yalefaces/yalefaces", ""),
-}
-
-
-def resize_center_crop(image: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
-    """No alignment: scale the short side to ``size`` and take the centre square (already-cropped faces)."""
-    h, w = image.shape[:2]
-    if (h, w) == (size, size):
-        return image
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(resized[top : top + size, left : left + size])
-
-
-def _align(image: np.ndarray, align: str, source: str) -> np.ndarray | None:
-    if align == "lfw-deepfunneled":
-        return fixed_crop(image, LFW_DEEPFUNNELED, source)[0]
-    if align == "detect":
-        from data_tools.detect import detect_align
-
-        try:
-            return detect_align(image, source)[0]
-        except DataError:
-            log.warning("skipping %s: no face found", source)
-            return None
-    return resize_center_crop(image)
-
-
-class FileImages:
-    """Image files decoded to RGB and aligned on load; ``None`` for a file that cannot be read or decoded."""
-
-    def __init__(self, paths: list[Path], align: str) -> None:
-        self.paths = paths
-        self.align = align
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def load(self, index: int) -> np.ndarray | None:
-        path = self.paths[index]
-        try:
-            image = decode_rgb(path.read_bytes())
-        except OSError:
-            image = None
-        if image is None:
-            log.warning("skipping %s: cannot read or decode", path)
-            return None
-        try:
-            return _align(image, self.align, str(path))
-        except DataError as exc:
-            log.warning("skipping %s: %s", path, exc.problem)
-            return None
-
-
-class EncodedImages:
-    """Encoded images held in memory (a ``.bin``), decoded and resized on load."""
-
-    def __init__(self, data: list[bytes], align: str) -> None:
-        self.data = data
-        self.align = align
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def load(self, index: int) -> np.ndarray | None:
-        image = decode_rgb(self.data[index])
-        return None if image is None else _align(image, self.align, f"image {index}")
 
 
 class ArrayImages:
@@ -121,6 +40,19 @@ class ArrayImages:
 
     def load(self, index: int) -> np.ndarray | None:
         return self.images[index] if self.valid[index] else None
+
+
+class ImageSubset:
+    """The images ``index`` of another source, renumbered 0..len-1 (the images a cut pair set still uses)."""
+
+    def __init__(self, images: ImageSource, index: np.ndarray) -> None:
+        self.images, self.index = images, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def load(self, i: int) -> np.ndarray | None:
+        return self.images.load(int(self.index[i]))
 
 
 @dataclass(frozen=True)
@@ -151,59 +83,39 @@ class PairSet:
             log.warning("%s: %d of %d pairs left out (missing images)", self.source, int((~keep).sum()), keep.size)
         return keep
 
-    def cached(self) -> PairSet:
-        """The same set with every image decoded and aligned once, kept in memory (~37 KB per image)."""
+    def cached(self, share: tuple[int, int] = (0, 1)) -> PairSet:
+        """The same set with its images decoded and aligned once, kept in memory (~37 KB per image); with
+        ``share=(rank, world)`` only the images ``rank::world`` (what that rank embeds in a distributed verify)."""
         images = np.zeros((len(self.images), ALIGNED_SIZE, ALIGNED_SIZE, 3), dtype=np.uint8)
         valid = np.zeros(len(self.images), dtype=bool)
-        for i in range(len(self.images)):
+        rank, world = share
+        for i in range(rank, len(self.images), world):
             image = self.images.load(i)
             if image is not None:
                 images[i], valid[i] = image, True
         return replace(self, images=ArrayImages(images, valid))
 
-
-def _unique_images(keys: list[str]) -> tuple[list[str], np.ndarray]:
-    """Distinct keys in first-seen order and the index of each input key among them."""
-    index: dict[str, int] = {}
-    for key in keys:
-        index.setdefault(key, len(index))
-    return list(index), np.array([index[k] for k in keys], dtype=np.int64)
-
-
-def lfw_pair_set(pairs_file: Path, images_root: Path | None = None, align: str = "lfw-deepfunneled") -> PairSet:
-    """An LFW pair file (View 1 or View 2) over the LFW image folder, with the file's own fold structure."""
-    from data_tools.readers.pairs import read_pairs
-
-    parsed = read_pairs(pairs_file, images_root)
-    keys = [str(p) for pair in parsed.pairs for p in (pair.path1, pair.path2)]
-    distinct, index = _unique_images(keys)
-    pair_set = PairSet(
-        name=pairs_file.stem,
-        images=FileImages([Path(k) for k in distinct], align),
-        pairs=index.reshape(-1, 2),
-        issame=np.array([p.same for p in parsed.pairs], dtype=bool),
-        folds=np.array([p.fold for p in parsed.pairs], dtype=np.int64),
-        source=str(pairs_file),
-        fold_rule="lfw-view2-folds" if parsed.view == 2 else "stratified",
-    )
-    pair_set.check_readable(np.array([os.path.isfile(key) for key in distinct], dtype=bool))
-    return pair_set
-
-
-def bin_pair_set(path: Path, align: str = "none", n_folds: int = 10) -> PairSet:
-    """An insightface ``.bin`` (read with the restricted unpickler); contiguous folds as the official KFold."""
-    from data_tools.readers.verification_bin import load_verification_bin
-
-    data, issame = load_verification_bin(path)
-    return PairSet(
-        name=path.stem,
-        images=EncodedImages(data, align),
-        pairs=np.arange(len(data), dtype=np.int64).reshape(-1, 2),
-        issame=issame,
-        folds=contiguous_folds(issame.size, n_folds),
-        source=str(path),
-        fold_rule="contiguous",
-    )
+    def per_fold(self, count: int) -> PairSet:
+        """The first ``count // 2`` same and different pairs of every fold (smoke runs): 10-fold accuracy stays
+        defined, and only the images those pairs use are kept."""
+        keep = np.sort(
+            np.concatenate(
+                [
+                    np.flatnonzero((self.folds == fold) & (self.issame == same))[: max(1, count // 2)]
+                    for fold in np.unique(self.folds)
+                    for same in (True, False)
+                ]
+            )
+        )
+        used, remapped = np.unique(self.pairs[keep], return_inverse=True)
+        return replace(
+            self,
+            images=ImageSubset(self.images, used),
+            pairs=remapped.reshape(-1, 2),
+            issame=self.issame[keep],
+            folds=self.folds[keep],
+            fold_rule=f"{self.fold_rule}, first {count} pairs per fold",
+        )
 
 
 def balanced_pairs(labels: np.ndarray, max_same: int = MAX_SAME_PAIRS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -242,54 +154,40 @@ def balanced_pairs(labels: np.ndarray, max_same: int = MAX_SAME_PAIRS, seed: int
     return pairs, issame
 
 
-def folder_pair_set(
-    root: Path, align: str = "none", max_same: int = MAX_SAME_PAIRS, seed: int = 0, n_folds: int = 10
-) -> PairSet:
-    """Balanced, seeded pairs of a labelled image folder (one sub-folder per identity, or flat names)."""
-    from data_tools.readers.image_folder import ImageFolder
+def generated_pairs(
+    labels: np.ndarray, max_same: int = MAX_SAME_PAIRS, seed: int = 0, n_folds: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The generated-pairs rule for labelled images (labels < 0 are left out): :func:`balanced_pairs`, stratified
+    folds (fewer than ``n_folds`` when a class has fewer pairs). Returns ``(used, pairs, issame, folds)``: the sorted
+    indices of the images the pairs use, and the pairs as indices into ``used``."""
+    labels = np.asarray(labels)
+    rows = np.flatnonzero(labels >= 0)
+    pairs, issame = balanced_pairs(labels[rows], max_same, seed)
+    used, inverse = np.unique(rows[pairs], return_inverse=True)
+    n_folds = min(n_folds, int(issame.sum()), int((~issame).sum()))
+    folds = stratified_folds(issame, n_folds) if n_folds >= 2 else np.zeros(issame.size, dtype=np.int64)
+    return used, inverse.reshape(-1, 2).astype(np.int64), issame, folds
 
-    folder = ImageFolder(root)
-    labels = np.array([item.label for item in folder.items], dtype=np.int64)
-    pairs, issame = balanced_pairs(labels, max_same, seed)
-    if not issame.any():
-        raise DataError(root, "no identity has two images: cannot make same-identity pairs")
-    used, inverse = np.unique(pairs, return_inverse=True)
+
+def shard_pair_set(shard_dir: str | Path, num_pairs: int, seed: int = 0) -> PairSet | None:
+    """Generated pairs (``num_pairs // 2`` same at most, as many different) of a shard set's labelled samples, the
+    images decoded from the shards once; None when no identity has two samples (the pretraining probe)."""
+    import pyarrow.parquet as pq
+
+    from lafs_core.data.loader import read_samples
+
+    shard_dir = Path(shard_dir)
+    table = pq.read_table(shard_dir / "manifest.parquet", columns=["shard", "key", "label"]).to_pydict()
+    used, pairs, issame, folds = generated_pairs(np.asarray(table["label"], dtype=np.int64), num_pairs // 2, seed)
+    if issame.sum() < 2:
+        return None
+    keys = [table["key"][i] for i in used.tolist()]
+    samples = read_samples(shard_dir, {key: table["shard"][i] for key, i in zip(keys, used.tolist(), strict=True)})
+    images = np.zeros((len(keys), ALIGNED_SIZE, ALIGNED_SIZE, 3), dtype=np.uint8)
+    valid = np.array([key in samples for key in keys], dtype=bool)
+    for row, key in enumerate(keys):
+        if key in samples:
+            images[row] = samples[key]["image"].permute(1, 2, 0).numpy()
     return PairSet(
-        name=root.name,
-        images=FileImages([folder.root / folder.items[i].key for i in used.tolist()], align),
-        pairs=inverse.reshape(-1, 2).astype(np.int64),
-        issame=issame,
-        folds=stratified_folds(issame, n_folds),
-        source=str(root),
-        fold_rule=f"stratified, balanced pairs seed {seed}",
+        "probe", ArrayImages(images, valid), pairs, issame, folds, str(shard_dir), f"stratified, seed {seed}"
     )
-
-
-def load_pair_set(
-    spec: str | Path,
-    images: str | Path | None = None,
-    align: Align = "auto",
-    seed: int = 0,
-    max_same: int = MAX_SAME_PAIRS,
-) -> PairSet:
-    """A pair set from a name (``lfw-v1``, ``lfw-v2``, ``att``, ``yaleb``, ``yale``), a ``.bin``, an LFW pair
-    file or a labelled image folder. ``align="auto"``: the LFW deep-funneled crop for LFW pair files, else none.
-    """
-    name = None
-    if str(spec) in NAMED_SETS:
-        name = str(spec)
-        rel, rel_images = NAMED_SETS[name]
-        spec = shared_datasets() / rel
-        images = images or (shared_datasets() / rel_images if rel_images else None)
-    path = Path(spec)
-    if not path.exists():
-        raise DataError(path, f"pair source not found (a path, or one of {', '.join(NAMED_SETS)})")
-    if path.is_dir():
-        chosen = "none" if align == "auto" else align
-        pair_set = folder_pair_set(path, chosen, max_same, seed)
-    elif path.suffix == ".bin":
-        pair_set = bin_pair_set(path, "none" if align == "auto" else align)
-    else:
-        chosen = "lfw-deepfunneled" if align == "auto" else align
-        pair_set = lfw_pair_set(path, Path(images) if images else None, chosen)
-    return replace(pair_set, name=name) if name else pair_set

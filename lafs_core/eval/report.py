@@ -100,15 +100,10 @@ def write_report(
     return json_path, png_path
 
 
-def log_to_mlflow(
-    report: dict[str, Any], files: tuple[Path, ...] = (), step: int | None = None, prefix: str | None = None
-) -> None:
-    """Log the report's metrics (and its JSON/PNG files) to the active MLflow run."""
-    import mlflow
+def log_to_mlflow(metrics: dict[str, float], files: tuple[Path, ...], folder: str) -> None:
+    """Log an evaluation's metrics and its files (under ``eval/<folder>``) to the active MLflow run (rank 0)."""
+    from lafs_core import tracking
 
-    if mlflow.active_run() is None:
-        raise RuntimeError("log_to_mlflow needs an active MLflow run")
-    mlflow.log_metrics(mlflow_metrics(report, prefix), step=step)
-    folder = f"eval/{set_name(prefix or report['set'])}"
+    tracking.log_metrics(metrics)
     for path in files:
-        mlflow.log_artifact(str(path), artifact_path=folder)
+        tracking.log_artifact(path, f"eval/{set_name(folder)}")

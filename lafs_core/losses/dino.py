@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lafs_core.train.distributed import all_reduce_sum
+from lafs_core.distributed import all_reduce_sum
 
 
 class DINOLoss(nn.Module):

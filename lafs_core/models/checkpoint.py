@@ -9,7 +9,6 @@ Official names are mapped to ours through an explicit, two-way table of key temp
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lafs_core.checkpoint_io import atomic_torch_save, read_checkpoint
 from lafs_core.config.model import ModelConfig
 from lafs_core.errors import DataError
 from lafs_core.models.build import build_face_model
@@ -149,20 +149,6 @@ def convert_checkpoint(obj: Mapping[str, Any]) -> ConvertedState:
     return _convert_official(obj, "official")
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise DataError(path, f"not a loadable weights-only checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(obj, Mapping):
-        raise DataError(path, f"checkpoint holds a {type(obj).__name__}, not a state dict")
-    return dict(obj)
-
-
 def infer_model_config(converted: ConvertedState) -> ModelConfig:
     """The ``ModelConfig`` of an official-format checkpoint, read off its tensor shapes (heads of 64 assumed)."""
     if converted.meta is not None:
@@ -264,6 +250,14 @@ def load_face_model(path: str | Path, map_location: str | torch.device = "cpu") 
     return loaded.model
 
 
+def inference_model(path: str | Path, device: str = "auto") -> FaceModel:
+    """A ``FaceModel`` for inference: loaded from ``path``, on ``device`` (``auto``: CUDA when there is one), in eval
+    mode."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_face_model(path).to(torch.device(device)).eval()
+
+
 def model_meta(model: FaceModel, preset: str, stage: str, **extra: Any) -> dict[str, Any]:
     """The ``meta`` header of our checkpoints."""
     return {
@@ -289,18 +283,13 @@ def save_model_checkpoint(
     dino_head: nn.Module | None = None,
     **extra_meta: Any,
 ) -> Path:
-    """Write ``{meta, model[, margin][, dino_head]}`` atomically (tmp file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``{meta, model[, margin][, dino_head]}`` atomically."""
     payload: dict[str, Any] = {"meta": model_meta(model, preset, stage, **extra_meta), "model": model.state_dict()}
     if margin is not None:
         payload["margin"] = margin.state_dict()
     if dino_head is not None:
         payload["dino_head"] = dino_head.state_dict()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def export_official_state_dict(

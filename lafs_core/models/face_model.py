@@ -11,6 +11,7 @@ from lafs_core.config.model import ModelConfig
 from lafs_core.models.landmark_cnn import LandmarkCNN
 from lafs_core.models.sampler import warp_images
 from lafs_core.models.vit import PartFViT
+from lafs_core.precision import full_precision
 
 LandmarkInput = torch.Tensor | Literal["grid"] | None
 
@@ -22,11 +23,14 @@ class FaceModel(nn.Module):
     (``landmarks="grid"``, or None without a landmark CNN).
     """
 
-    def __init__(self, cfg: ModelConfig, landmark_cnn: LandmarkCNN | None = None) -> None:
+    def __init__(
+        self, cfg: ModelConfig, landmark_cnn: LandmarkCNN | None = None, backbone: PartFViT | None = None
+    ) -> None:
+        """A new backbone of ``cfg``, or ``backbone`` shared as it is (e.g. a pretraining teacher's, for a probe)."""
         super().__init__()
         self.cfg = cfg
         self.convention = cfg.sampler_convention
-        self.backbone = PartFViT(cfg)
+        self.backbone = backbone if backbone is not None else PartFViT(cfg)
         self.landmark_cnn = landmark_cnn
 
     def predict_landmarks(self, images: torch.Tensor, affine: torch.Tensor | None = None) -> torch.Tensor:
@@ -65,3 +69,18 @@ class FaceModel(nn.Module):
     ) -> torch.Tensor:
         """The (B, dim) embedding of normalised [-1, 1] RGB images."""
         return self.forward_with_landmarks(images, landmarks, affine)[0]
+
+
+@torch.no_grad()
+def fixed_landmarks(cnn: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """A fixed landmark CNN on normalised images: eval mode, no gradient, fp32 even inside autocast; (B, R, 2).
+
+    The one way a landmark model that is not being trained runs (online SSL views, the fine-tuning regulariser's
+    reference, the shard writer, the Part fViT overlay); its previous train/eval mode is restored.
+    """
+    was_training = cnn.training
+    cnn.eval()
+    with full_precision(images.device):
+        out = cnn(images.float()).float()
+    cnn.train(was_training)
+    return out

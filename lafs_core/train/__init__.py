@@ -1,1 +1,1 @@
-"""Training: distributed set-up, schedules, checkpoints, tracking and the stage loops."""
+"""Training: the one stage loop (``loop.py``), the stages (pretraining, Part fViT, fine-tuning), checkpoints."""

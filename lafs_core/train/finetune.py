@@ -9,25 +9,24 @@ classifier is sized to the labelled set (the k-shot subset in the few-shot proto
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lafs_core.checkpoint_io import read_checkpoint
 from lafs_core.config.finetune import FinetuneConfig
 from lafs_core.config.model import ModelConfig
+from lafs_core.distributed import DistInfo
 from lafs_core.errors import ConfigError, DataError
+from lafs_core.eval.pairsets import PairSet
 from lafs_core.losses.landmark_reg import frozen_copy, landmark_regularizer, regularizer_weight
 from lafs_core.models.build import build_face_model
-from lafs_core.models.checkpoint import (
-    ImportReport,
-    convert_checkpoint,
-    infer_model_config,
-    load_parts,
-    read_checkpoint,
-)
-from lafs_core.models.face_model import FaceModel
-from lafs_core.train.supervised import StageHooks, train_supervised
+from lafs_core.models.checkpoint import ImportReport, convert_checkpoint, infer_model_config, load_parts
+from lafs_core.models.face_model import FaceModel, fixed_landmarks
+from lafs_core.train.loop import LoopResult, run_stage
+from lafs_core.train.supervised import SupervisedStage
 
 log = logging.getLogger(__name__)
 
@@ -75,39 +74,53 @@ def build_finetune_model(cfg: FinetuneConfig) -> tuple[FaceModel, dict[str, str]
     return face, sources
 
 
-def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    """Fine-tune and return the run summary."""
-    face, sources = build_finetune_model(cfg)
-    reference = frozen_copy(face.landmark_cnn) if cfg.landmark_reg else None
-    image_size = cfg.model.image_size
+class FinetuneStage(SupervisedStage):
+    """CosFace fine-tuning from the SSL teacher and a landmark CNN, with the landmark regulariser (method.md 8.4)."""
 
-    def extra_loss(images: torch.Tensor, landmarks: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
-        weight = regularizer_weight(epoch, cfg.landmark_reg_boundaries, cfg.landmark_reg_values)
-        if reference is None or weight == 0:
+    name = STAGE
+
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        dist: DistInfo,
+        val_sets: Sequence[PairSet] = (),
+        labels: tuple[int, int] | None = None,
+    ) -> None:
+        face, self.sources = build_finetune_model(cfg)
+        self.reference = frozen_copy(face.landmark_cnn) if cfg.landmark_reg else None
+        super().__init__(cfg, dist, face, val_sets, labels)
+        if self.reference is not None:
+            self.reference.to(dist.device)
+
+    def tags(self) -> dict[str, str]:
+        return {f"lafs.init.{k}": v for k, v in self.sources.items()}
+
+    def extra_loss(
+        self, images: torch.Tensor, landmarks: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, dict[str, float]] | None:
+        """The staged-weight landmark regulariser against the frozen initial landmark CNN."""
+        if self.reference is None:
+            return None
+        weight = regularizer_weight(epoch, self.cfg.landmark_reg_boundaries, self.cfg.landmark_reg_values)
+        if weight == 0:
             return landmarks.new_zeros(()), {"landmark_reg": 0.0, "landmark_reg_weight": weight}
-        reference.to(images.device)
-        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-            target = reference(images.float())
-        reg = landmark_regularizer(landmarks, target, image_size)
+        target = fixed_landmarks(self.reference, images)
+        reg = landmark_regularizer(landmarks, target, self.cfg.model.image_size)
         return weight * reg, {"landmark_reg": float(reg.detach()), "landmark_reg_weight": weight}
 
-    def extra_state() -> dict[str, Any]:
-        if reference is None:
+    def extra_state(self) -> dict[str, Any]:
+        if self.reference is None:
             return {}
-        return {"reference_landmark_cnn": {k: v.detach().cpu() for k, v in reference.state_dict().items()}}
+        return {"reference_landmark_cnn": {k: v.detach().cpu() for k, v in self.reference.state_dict().items()}}
 
-    def load_extra_state(state: dict[str, Any]) -> None:
-        if reference is not None and "reference_landmark_cnn" in state:
-            reference.load_state_dict(state["reference_landmark_cnn"])
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.reference is not None and "reference_landmark_cnn" in state:
+            self.reference.load_state_dict(state["reference_landmark_cnn"])
 
-    hooks = StageHooks(
-        STAGE,
-        face,
-        extra_loss=extra_loss if reference is not None else None,
-        extra_state=extra_state,
-        load_extra_state=load_extra_state,
-        tags={f"lafs.init.{k}": v for k, v in sources.items()},
-    )
-    summary = train_supervised(cfg, hooks)
-    summary["init"] = sources
-    return summary
+    def summary(self, result: LoopResult) -> dict[str, Any]:
+        return {**super().summary(result), "init": self.sources}
+
+
+def run_finetune(cfg: FinetuneConfig, val_sets: Sequence[PairSet] = ()) -> dict[str, Any]:
+    """Fine-tune and return the run summary."""
+    return run_stage(lambda dist: FinetuneStage(cfg, dist, val_sets), cfg)

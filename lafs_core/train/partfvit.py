@@ -12,22 +12,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lafs_core import tracking
+from lafs_core.checkpoint_io import atomic_torch_save
 from lafs_core.config import config_hash
 from lafs_core.config.finetune import PartFViTConfig
 from lafs_core.data.loader import eval_loader
 from lafs_core.data.normalize import normalize
+from lafs_core.distributed import DistInfo
+from lafs_core.eval.pairsets import PairSet
 from lafs_core.losses.landmark_reg import frozen_copy
 from lafs_core.models.build import build_face_model
 from lafs_core.models.checkpoint import model_meta
-from lafs_core.train import tracking
-from lafs_core.train.checkpointing import atomic_torch_save
-from lafs_core.train.supervised import StageHooks, train_supervised
+from lafs_core.models.face_model import fixed_landmarks
+from lafs_core.train.loop import run_stage
+from lafs_core.train.supervised import SupervisedStage
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +59,10 @@ def overlay_images(data_dir: Path, count: int) -> torch.Tensor:
     return torch.cat(images)[:count]
 
 
-@torch.no_grad()
 def predict(cnn: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Landmarks (N, R, 2) of a landmark CNN in eval mode on uint8 images."""
-    was_training = cnn.training
-    cnn.eval()
     device = next(cnn.parameters()).device
-    out = cnn(normalize(images.to(device))).float().cpu()
-    cnn.train(was_training)
-    return out
+    return fixed_landmarks(cnn, normalize(images.to(device))).cpu()
 
 
 def write_overlay(images: torch.Tensor, before: torch.Tensor, after: torch.Tensor, path: Path) -> Path:
@@ -91,24 +91,31 @@ def write_overlay(images: torch.Tensor, before: torch.Tensor, after: torch.Tenso
     return path
 
 
-def run_partfvit(cfg: PartFViTConfig) -> dict[str, Any]:
-    """Train the Part fViT and export its landmark CNN; returns the run summary."""
-    torch.manual_seed(cfg.seed)
-    face = build_face_model(cfg.model, with_landmark_cnn=True)
-    initial = frozen_copy(face.landmark_cnn)
+class PartFViTStage(SupervisedStage):
+    """The Part fViT trained end to end; exports its landmark CNN, a before/after overlay and the displacement."""
 
-    def extra_state() -> dict[str, Any]:
-        return {"initial_landmark_cnn": {k: v.detach().cpu() for k, v in initial.state_dict().items()}}
+    name = STAGE
 
-    def load_extra_state(state: dict[str, Any]) -> None:
-        initial.load_state_dict(state["initial_landmark_cnn"])
+    def __init__(self, cfg: PartFViTConfig, dist: DistInfo, val_sets: Sequence[PairSet] = ()) -> None:
+        torch.manual_seed(cfg.seed)
+        face = build_face_model(cfg.model, with_landmark_cnn=True)
+        self.initial = frozen_copy(face.landmark_cnn)
+        super().__init__(cfg, dist, face, val_sets)
 
-    def finish(trained: nn.Module, run_dir: Path) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, Any]:
+        return {"initial_landmark_cnn": {k: v.detach().cpu() for k, v in self.initial.state_dict().items()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.initial.load_state_dict(state["initial_landmark_cnn"])
+
+    def stage_exports(self, run_dir: Path) -> dict[str, Path]:
+        """``landmark_cnn.pt`` (+ ``landmark_cnn.json`` with its id, sha256 and mean displacement) and the overlay."""
+        cfg = self.cfg
         model_id = f"partfvit-{config_hash(cfg)[:12]}"
-        saved = save_landmark_cnn(trained, run_dir / "landmark_cnn.pt", cfg.preset, model_id)
+        saved = save_landmark_cnn(self.face, run_dir / "landmark_cnn.pt", cfg.preset, model_id)
         images = overlay_images(Path(cfg.data_dir), cfg.overlay_images)
-        before = predict(initial, images)
-        after = predict(trained.landmark_cnn, images)
+        before = predict(self.initial, images)
+        after = predict(self.face.landmark_cnn, images)
         displacement = float((after - before).norm(dim=-1).mean())
         overlay = write_overlay(images, before, after, run_dir / "landmarks_before_after.png")
         saved["mean_displacement_px"] = displacement
@@ -118,9 +125,11 @@ def run_partfvit(cfg: PartFViTConfig) -> dict[str, Any]:
         log.info("landmark CNN %s: mean displacement from the initial layout %.2f px", model_id, displacement)
         return {"landmark_cnn": run_dir / "landmark_cnn.pt", "landmark_info": info, "overlay": overlay}
 
-    hooks = StageHooks(STAGE, face, extra_state=extra_state, load_extra_state=load_extra_state, finish=finish)
-    summary = train_supervised(cfg, hooks)
+
+def run_partfvit(cfg: PartFViTConfig, val_sets: Sequence[PairSet] = ()) -> dict[str, Any]:
+    """Train the Part fViT and export its landmark CNN; returns the run summary (with the landmark CNN's facts)."""
+    summary = run_stage(lambda dist: PartFViTStage(cfg, dist, val_sets), cfg)
     info = Path(summary["run_dir"]) / "landmark_cnn.json"
-    if info.is_file() and not summary["stopped"]:
+    if info.is_file():
         summary["landmark_cnn"] = json.loads(info.read_text())
     return summary

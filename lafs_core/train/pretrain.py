@@ -8,16 +8,15 @@ Runs alone (``python -m lafs_core.train.pretrain --preset tiny data_dir=...``) o
 The global batch is fixed by the config and split evenly over ranks; an "epoch" is a fixed number of iterations
 (full global batches per pass over the manifest, unless configured), so every per-iteration schedule (lr, weight decay,
 teacher momentum and temperature) is the same array on 1 or N ranks and a checkpoint resumes on any world size.
+The loop itself (resume, DDP, checkpoints, tracking, the live probe's schedule) is :mod:`lafs_core.train.loop`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +25,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from lafs_core.config import config_hash, dump_config, load_config
+from lafs_core import tracking
+from lafs_core.config import config_hash, load_config
 from lafs_core.config.pretrain import PretrainConfig
 from lafs_core.data.ssl_views import SSLViewMaker, SSLViews
+from lafs_core.distributed import DistInfo
 from lafs_core.errors import ConfigError, DataError, LafsError
 from lafs_core.losses.dino import DINOLoss, koleo_loss
 from lafs_core.models.build import build_backbone, build_dino_head
+from lafs_core.models.face_model import FaceModel
 from lafs_core.models.vit import GridFViT, PartFViT, compile_blocks
-from lafs_core.train import checkpointing as ckpt
-from lafs_core.train import tracking
-from lafs_core.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from lafs_core.precision import autocast, autocast_dtype
+from lafs_core.train.loop import Stage, check_finite, run_stage
 from lafs_core.train.optim import build_adamw, set_lr, set_weight_decay
 from lafs_core.train.schedules import cosine_schedule, linear_then_constant
 
@@ -165,13 +164,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
 
 
-def autocast_dtype(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA devices that support it ('auto'/'bf16'); None (fp32) on CPU or with amp='none'."""
-    if cfg.amp == "none" or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-
-
 def build_networks(cfg: PretrainConfig) -> tuple[MultiCropNet, MultiCropNet]:
     """Student and teacher (a frozen copy of the student): Part fViT, or the grid fViT for dino-grid."""
     backbone = GridFViT(cfg.model) if cfg.method == "dino-grid" else build_backbone(cfg.model)
@@ -182,24 +174,35 @@ def build_networks(cfg: PretrainConfig) -> tuple[MultiCropNet, MultiCropNet]:
     return student, teacher
 
 
-def load_landmark_model(cfg: PretrainConfig, device: torch.device) -> nn.Module | None:
-    """The frozen landmark CNN of ``landmark_checkpoint`` for ``landmarks=online`` (fp32, eval, no grad)."""
-    if cfg.method != "lafs" or cfg.landmarks != "online":
-        return None
-    from lafs_core.models.checkpoint import load_face_model
+def frozen_landmark_cnn(path: str | Path, num_landmarks: int, device: torch.device) -> nn.Module:
+    """The landmark CNN of a checkpoint (a face model, a ``landmark_cnn.pt`` or an official file), frozen on
+    ``device`` (fp32, eval, no grad)."""
+    from lafs_core.models.checkpoint import load_checkpoint
 
-    face = load_face_model(cfg.landmark_checkpoint)
+    face = load_checkpoint(path).model
     if face.landmark_cnn is None:
-        raise DataError(cfg.landmark_checkpoint, "checkpoint has no landmark CNN for landmarks=online")
-    if face.landmark_cnn.num_landmarks != cfg.model.num_landmarks:
+        raise DataError(path, "checkpoint has no landmark CNN")
+    if face.landmark_cnn.num_landmarks != num_landmarks:
         raise ConfigError(
-            f"landmark CNN predicts {face.landmark_cnn.num_landmarks} landmarks, model.num_landmarks="
-            f"{cfg.model.num_landmarks}"
+            f"landmark CNN predicts {face.landmark_cnn.num_landmarks} landmarks, model.num_landmarks={num_landmarks}"
         )
     cnn = face.landmark_cnn.to(device).float().eval()
-    for param in cnn.parameters():
-        param.requires_grad_(False)
+    cnn.requires_grad_(False)
     return cnn
+
+
+def shards_landmark_cnn(info: dict[str, Any], num_landmarks: int, device: torch.device) -> nn.Module | None:
+    """The landmark CNN that wrote the shards' landmarks (``cnn:PATH``, same sha256), else None (grid or gone)."""
+    import hashlib
+
+    spec = info.get("landmark_model", {})
+    path = Path(str(spec.get("spec", "")).removeprefix("cnn:"))
+    if not str(spec.get("spec", "")).startswith("cnn:") or not path.is_file():
+        return None
+    if hashlib.sha256(path.read_bytes()).hexdigest() != spec.get("sha256"):
+        log.warning("%s changed since the shards were written: the probe uses grid landmarks", path)
+        return None
+    return frozen_landmark_cnn(path, num_landmarks, device)
 
 
 def shard_info(cfg: PretrainConfig) -> dict[str, Any]:
@@ -242,19 +245,26 @@ def training_batches(
         yield from loader
 
 
-class Trainer:
-    """One pretraining run: state, the step, checkpoints and logging."""
+class PretrainStage(Stage):
+    """One pretraining run: student, teacher, optimiser, DINO loss and view maker; the step; the probe; the export."""
+
+    name = STAGE
 
     def __init__(self, cfg: PretrainConfig, dist: DistInfo, info: dict[str, Any] | None = None) -> None:
         """Build the networks, optimiser, loss and view maker; ``info`` defaults to the shards' ``_info.json``."""
         self.cfg = cfg
         self.dist = dist
         self.device = dist.device
-        self.run_dir = Path(cfg.output_dir)
         self.info = info if info is not None else shard_info(cfg)
         self.batch = per_rank_batch(cfg, dist.world_size)
+        self.images_per_step = cfg.global_batch_size
+        self.teacher_out_dim = cfg.model.dino_out_dim
         self.schedules = build_schedules(cfg, iterations_per_epoch(cfg, self.info))
         self.total_steps = min(self.schedules.total, cfg.max_steps or self.schedules.total)
+        self.validate_every = cfg.probe_every
+        # Before seeding, so that building the probe (a landmark CNN loaded from disk) draws nothing from the run's
+        # random streams.
+        self.probe, self.probe_landmarks = self._probe_set()
         torch.manual_seed(cfg.seed)
         self.student, self.teacher = build_networks(cfg)
         self.student.to(self.device)
@@ -263,6 +273,7 @@ class Trainer:
         if cfg.compile:
             compile_blocks(self.student)
             compile_blocks(self.teacher)
+        self.forward: nn.Module = self.student
         self.optimizer = build_adamw(self.student, self.schedules.lr[0], cfg.weight_decay)
         self.loss_fn = DINOLoss(
             cfg.model.dino_out_dim,
@@ -271,39 +282,61 @@ class Trainer:
             cfg.teacher_centering,
             cfg.sinkhorn_iterations,
         ).to(self.device)
-        self.landmark_model = load_landmark_model(cfg, self.device)
+        self.landmark_model = None
+        if cfg.method == "lafs" and cfg.landmarks == "online":
+            self.landmark_model = frozen_landmark_cnn(cfg.landmark_checkpoint, cfg.model.num_landmarks, self.device)
         flip = torch.as_tensor(self.info.get("flip_permutation", []), dtype=torch.long)
         self.views = SSLViewMaker(
             cfg, flip if flip.numel() else None, self.landmark_model, seed=cfg.seed + 1000 * dist.rank
         )
-        self.amp = autocast_dtype(cfg, self.device)
-        self.step = 0
-        self.run_id: str | None = None
-        self.ddp: nn.Module = self.student
-        self.history = self.run_dir / "history.jsonl"
+        self.amp = autocast_dtype(cfg.amp, self.device)
+        self._show_views = False
 
-    # --- state -------------------------------------------------------------------------------------------------
+    # --- the loop's interface ----------------------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
+    def trainable(self) -> nn.Module:
+        return self.student
+
+    def use_wrapped(self, module: nn.Module) -> None:
+        self.forward = module
+
+    def tags(self) -> dict[str, str]:
+        return {"lafs.method": self.cfg.method, "lafs.sigma": str(self.cfg.sigma)}
+
+    def batches(self, start: int) -> Iterator[dict[str, Any]]:
+        """Resampled shard batches seeded by ``start``; the view generator is re-seeded for ``start`` too."""
+        self.views.generator.manual_seed(self.cfg.seed + 1000 * self.dist.rank + 7919 * start)
+        self._show_views = self.dist.is_main
+        return training_batches(self.cfg, self.dist, self.batch, self.schedules.iters_per_epoch, start)
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        """Views of the batch (a PNG of the first ones), then :meth:`step_on_views`."""
+        images = batch["images"].to(self.device, non_blocking=True)
+        landmarks = batch["landmarks"].to(self.device, non_blocking=True)
+        views = self.views(images, landmarks)
+        if self._show_views:
+            from lafs_core.train.ssl_plots import save_view_png
+
+            path = save_view_png(Path(self.cfg.output_dir) / "views.png", images, views, self.cfg.model.patch_size)
+            tracking.log_artifact(path)
+            self._show_views = False
+        return self.step_on_views(views, step)
+
+    def state(self, resumable: bool = True) -> dict[str, Any]:
         """A world-size-independent checkpoint (plain tensors and Python values; loads with weights_only)."""
         return {
             "format": CHECKPOINT_FORMAT,
-            "step": self.step,
-            "epoch": self.step // self.schedules.iters_per_epoch,
             "iters_per_epoch": self.schedules.iters_per_epoch,
-            "world_size": self.dist.world_size,
             "config": self.cfg.model_dump(mode="json"),
             "config_hash": config_hash(self.cfg),
-            "mlflow_run_id": self.run_id,
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "dino_loss": self.loss_fn.state_dict(),
         }
 
-    def restore(self, path: Path) -> None:
-        """Load a checkpoint taken on any world size and continue its schedule."""
-        state = ckpt.load_checkpoint(path, map_location=self.device)
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """Load a checkpoint taken on any world size; the config must not have changed in what shapes the run."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise DataError(path, f"not a pretraining checkpoint (format {state.get('format')!r})")
         if state["iters_per_epoch"] != self.schedules.iters_per_epoch:
@@ -319,53 +352,68 @@ class Trainer:
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loss_fn.load_state_dict(state["dino_loss"])
-        self.step = int(state["step"])
-        self.run_id = state.get("mlflow_run_id")
-        log.info("resumed from %s at step %d (saved on %d ranks)", path, self.step, state["world_size"])
 
-    def save(self, path: Path | None = None) -> Path | None:
-        """Rank 0 writes the checkpoint atomically (periodic ones are pruned to ``keep_checkpoints``)."""
+    @property
+    def validates(self) -> bool:
+        return self.probe is not None
+
+    def validate(self, step: int) -> dict[str, float]:
+        """The live probe: the teacher, as fine-tuning will use it, verified on labelled pairs of the shards."""
+        from lafs_core.eval.verify import verify
+
+        backbone = self.teacher.backbone
+        model = FaceModel(backbone.cfg, self.probe_landmarks, backbone=backbone)
+        verified = verify(model, self.probe, metric="cosine", amp=self.cfg.amp)
+        log.info("step %d probe verification accuracy %.4f", step, verified.result.accuracy_mean)
+        return {"probe/verification_acc": verified.result.accuracy_mean}
+
+    def export(self, run_dir: Path, step: int) -> dict[str, Path]:
+        """Rank 0 writes the teacher backbone (+ DINO head) in the models' checkpoint format, stage 'pretrain'."""
         if not self.dist.is_main:
-            return None
-        target = path or ckpt.step_checkpoint_path(self.run_dir, self.step)
-        ckpt.atomic_torch_save(self.state(), target)
-        if path is None:
-            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
-        return target
+            return {}
+        from lafs_core.models.checkpoint import save_model_checkpoint
+
+        model_cfg = self.teacher.backbone.cfg
+        face = FaceModel(model_cfg, self.landmark_model)
+        face.backbone.load_state_dict(self.teacher.backbone.state_dict())
+        path = save_model_checkpoint(
+            run_dir / "teacher.pt",
+            face.cpu(),
+            self.cfg.preset,
+            STAGE,
+            dino_head=self.teacher.head,
+            method=self.cfg.method,
+            sigma=self.cfg.sigma,
+            step=step,
+            config_hash=config_hash(self.cfg),
+        )
+        tracking.log_artifact(path)
+        return {"teacher": path}
 
     # --- the step ----------------------------------------------------------------------------------------------
 
-    def train_step(self, views: SSLViews) -> dict[str, float]:
-        """One optimiser step on prepared views; returns the loss and the schedule values used."""
-        values = self.schedules.at(self.step)
+    def step_on_views(self, views: SSLViews, step: int) -> dict[str, float]:
+        """One optimiser step on prepared views; returns the losses, the schedule values used and the epoch."""
+        values = self.schedules.at(step)
         set_lr(self.optimizer, values["lr"])
         set_weight_decay(self.optimizer, values["wd"])
-        epoch = self.step // self.schedules.iters_per_epoch
-        enabled = self.amp is not None
-        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=enabled):
+        epoch = step // self.schedules.iters_per_epoch
+        with autocast(self.amp, self.device):
             with torch.no_grad():
                 teacher_out = self.teacher(views.tokens[: views.num_global])
-            student_out, embeddings = self.ddp(views.tokens, return_embeddings=True)
+            student_out, embeddings = self.forward(views.tokens, return_embeddings=True)
         dino = self.loss_fn(student_out, teacher_out, values["teacher_temp"])
         koleo = torch.zeros((), device=self.device)
         if self.cfg.koleo_weight > 0:
             koleo = torch.stack([koleo_loss(e) for e in embeddings[: views.num_global]]).mean()
         loss = dino + self.cfg.koleo_weight * koleo
-        flags = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.device)
-        all_reduce_sum(flags)
-        if flags.item() > 0:
-            path = self.save(ckpt.checkpoint_dir(self.run_dir) / f"nonfinite_step_{self.step:08d}.pt")
-            raise LafsError(
-                f"pretraining stopped: non-finite DINO loss ({loss.item()}) at step {self.step} (epoch {epoch}); "
-                f"state before the step saved to {path}; try amp=none, a lower base_lr or a higher teacher_temp"
-            )
+        check_finite(loss, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norms = clip_gradients(self.student, self.cfg.clip_grad) if self.cfg.clip_grad > 0 else []
         cancel_last_layer_gradients(self.student, epoch, self.cfg.freeze_last_layer)
         self.optimizer.step()
         ema_update(self.teacher, self.student, values["momentum"])
-        self.step += 1
         grad_norm = float(np.sqrt(np.sum(np.square(norms)))) if norms else 0.0
         dino_loss, entropy = float(dino.detach()), self.loss_fn.last_teacher_entropy()
         return {
@@ -375,165 +423,36 @@ class Trainer:
             "grad_norm": grad_norm,
             "teacher_entropy": entropy,
             "student_teacher_kl": dino_loss - entropy,
+            "center_norm": self.loss_fn.center_norm(),
+            "epoch": float(epoch),
             **values,
         }
 
-    # --- the loop ----------------------------------------------------------------------------------------------
+    # --- the probe ---------------------------------------------------------------------------------------------
 
-    def fit(self) -> Path | None:
-        """Train from the current step to the end (or ``max_steps``); returns the exported teacher on rank 0."""
-        cfg = self.cfg
-        if self.dist.distributed:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.student, device_ids=device_ids)
-        stop = ckpt.StopRequest()
-        probe = self._probe_set()
-        batches = training_batches(cfg, self.dist, self.batch, self.schedules.iters_per_epoch, self.step)
-        self.views.generator.manual_seed(cfg.seed + 1000 * self.dist.rank + 7919 * self.step)
-        try:
-            with tracking.stage_run(STAGE, cfg, run_id=self.run_id) as run:
-                if run is not None:
-                    self.run_id = run.info.run_id
-                    import mlflow
-
-                    mlflow.set_tags({"lafs.method": cfg.method, "lafs.sigma": str(cfg.sigma)})
-                    dump_config(cfg, self.run_dir / "config.yaml")
-                exported = self._loop(batches, stop, probe)
-        finally:
-            stop.restore()
-        return exported
-
-    def _loop(self, batches: Iterator[dict[str, Any]], stop: ckpt.StopRequest, probe: Any) -> Path | None:
-        cfg = self.cfg
-        first = self.step
-        tick = time.perf_counter()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", disable=not self.dist.is_main)
-        while self.step < self.total_steps:
-            batch = next(batches)
-            images = batch["images"].to(self.device, non_blocking=True)
-            landmarks = batch["landmarks"].to(self.device, non_blocking=True)
-            views = self.views(images, landmarks)
-            if self.step == first and self.dist.is_main:
-                self._log_view_png(images, views)
-            metrics = self.train_step(views)
-            self._append_history(metrics)
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                elapsed = time.perf_counter() - tick
-                done = self.step - first
-                metrics["step_time"] = elapsed / max(done, 1)
-                metrics["images_per_s"] = done * cfg.global_batch_size / max(elapsed, 1e-9)
-                metrics["center_norm"] = self.loss_fn.center_norm()
-                metrics["epoch"] = (self.step - 1) // self.schedules.iters_per_epoch
-                tracking.log_metrics(metrics, step=self.step)
-                log.info("step %d/%d loss %.4f", self.step, self.total_steps, metrics["loss"])
-            if probe is not None and cfg.probe_every and self.step % cfg.probe_every == 0:
-                self._run_probe(probe)
-            stopping = self._stop_requested(stop)
-            if stopping or self.step % cfg.checkpoint_every == 0:
-                self.save()
-            if stopping:
-                barrier()
-                raise LafsError(f"pretraining stopped by signal at step {self.step}; resume with --resume auto")
-        bar.close()
-        self.save()
-        if probe is not None and cfg.probe_every and self.step % cfg.probe_every:
-            self._run_probe(probe)
-        exported = self._export()
-        barrier()
-        return exported
-
-    def _stop_requested(self, stop: ckpt.StopRequest) -> bool:
-        """True on every rank as soon as any rank got SIGTERM/SIGINT (so all stop at the same step)."""
-        flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.device)
-        all_reduce_sum(flag)
-        return bool(flag.item() > 0)
-
-    def _append_history(self, metrics: dict[str, float]) -> None:
-        """Rank 0 appends ``{step, loss, lr, wd, momentum, teacher_temp}`` to ``history.jsonl`` (resume audits)."""
-        if self.dist.is_main:
-            self.history.parent.mkdir(parents=True, exist_ok=True)
-            record = {"step": self.step - 1, "world_size": self.dist.world_size, **metrics}
-            with self.history.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    # --- probe, artefacts, export ------------------------------------------------------------------------------
-
-    def _probe_set(self) -> Any:
+    def _probe_set(self) -> tuple[Any, nn.Module | None]:
+        """Labelled pairs of the shard set for the live probe, and the landmark model it embeds with (the online
+        CNN, else the CNN that wrote the shards' landmarks, else the grid); (None, None) when the probe is off."""
         if not self.cfg.probe_every:
-            return None
-        from lafs_core.train.ssl_probe import build_probe_set
+            return None, None
+        from lafs_core.eval.pairsets import shard_pair_set
 
-        probe = build_probe_set(self.cfg.data_dir, self.cfg.probe_pairs, self.cfg.seed)
+        probe = shard_pair_set(self.cfg.data_dir, self.cfg.probe_pairs, self.cfg.seed)
         if probe is None:
             log.warning("no same-identity pairs in %s: the live probe is off", self.cfg.data_dir)
-        return probe
-
-    def _probe_tokens(self, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-        backbone = self.teacher.backbone
-        if self.cfg.method == "dino-grid":
-            return backbone.tokenize(images)
-        if self.landmark_model is not None:
-            with torch.autocast(self.device.type, enabled=False):
-                landmarks = self.landmark_model(images.float())
-        return backbone.tokenize(images, landmarks)
-
-    def _run_probe(self, probe: Any) -> None:
-        from lafs_core.train.ssl_probe import probe_accuracy
-
-        accuracy = probe_accuracy(self.teacher.backbone, probe, self._probe_tokens, self.device)
-        tracking.log_metrics({"probe/verification_acc": accuracy}, step=self.step)
-        if self.dist.is_main:
-            with (self.run_dir / "probe.jsonl").open("a") as handle:
-                handle.write(json.dumps({"step": self.step, "accuracy": accuracy}) + "\n")
-        log.info("step %d probe verification accuracy %.4f", self.step, accuracy)
-
-    def _log_view_png(self, images: torch.Tensor, views: SSLViews) -> None:
-        from lafs_core.train.ssl_plots import save_view_png
-
-        path = save_view_png(self.run_dir / "views.png", images, views, self.cfg.model.patch_size)
-        tracking.log_artifact(path)
-
-    def _export(self) -> Path | None:
-        """Rank 0 writes the teacher backbone (+ DINO head) in the models' checkpoint format, stage 'pretrain'."""
-        if not self.dist.is_main:
-            return None
-        from lafs_core.models.checkpoint import save_model_checkpoint
-        from lafs_core.models.face_model import FaceModel
-
-        model_cfg = self.cfg.model
-        if self.cfg.method == "dino-grid":
-            model_cfg = model_cfg.model_copy(update={"sampler_convention": "centered"})
-        face = FaceModel(model_cfg, self.landmark_model)
-        face.backbone.load_state_dict(self.teacher.backbone.state_dict())
-        path = save_model_checkpoint(
-            self.run_dir / "teacher.pt",
-            face.cpu(),
-            self.cfg.preset,
-            STAGE,
-            dino_head=self.teacher.head,
-            method=self.cfg.method,
-            sigma=self.cfg.sigma,
-            step=self.step,
-            config_hash=config_hash(self.cfg),
-        )
-        tracking.log_artifact(path)
-        tracking.log_artifact(self.run_dir / "config.yaml")
-        return path
+            return None, None
+        num_landmarks = self.cfg.model.num_landmarks
+        if self.cfg.method == "lafs" and self.cfg.landmarks == "online":
+            return probe, frozen_landmark_cnn(self.cfg.landmark_checkpoint, num_landmarks, self.device)
+        if self.cfg.method == "lafs":
+            return probe, shards_landmark_cnn(self.info, num_landmarks, self.device)
+        return probe, None
 
 
-def train(cfg: PretrainConfig) -> Path | None:
-    """Run (or resume) pretraining in this process (one rank of a torchrun job, or alone)."""
-    dist = init_distributed(None if cfg.backend == "auto" else cfg.backend)
-    try:
-        trainer = Trainer(cfg, dist)
-        resume = ckpt.resolve_resume(cfg.resume, trainer.run_dir)
-        if resume is not None:
-            trainer.restore(resume)
-        return trainer.fit()
-    finally:
-        cleanup()
+def train(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run (or resume) pretraining in this process (one rank of a torchrun job, or alone); the run's summary, whose
+    ``artifacts["teacher"]`` is the exported teacher on rank 0."""
+    return run_stage(lambda dist: PretrainStage(cfg, dist), cfg)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> PretrainConfig:

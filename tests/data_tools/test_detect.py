@@ -13,9 +13,9 @@ import pytest
 
 from data_tools.align import ARCFACE_TEMPLATE, LFW_DEEPFUNNELED, fixed_crop, transform_points
 from data_tools.detect import default_detector, describe, detect_align
+from data_tools.pairsets import FileImages
 from data_tools.readers.base import decode_rgb
 from lafs_core.errors import DataError
-from lafs_core.eval.pairsets import FileImages
 
 LFW_FACES = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Serena_Williams/Serena_Williams_0003.jpg"]
 
@@ -74,9 +74,7 @@ def test_an_image_without_a_face_is_a_data_error_and_pair_sets_skip_it(lfw_root:
 
 
 def test_without_the_detect_extra_the_cli_says_what_to_install(lfw_root: Path, tmp_path: Path) -> None:
-    hide_dlib = (
-        "import sys; sys.modules['dlib'] = None; from lafs_core.cli.main import main; sys.argv[0] = 'lafs'; main()"
-    )
+    hide_dlib = "import sys; sys.modules['dlib'] = None; from lafs_cli.main import main; sys.argv[0] = 'lafs'; main()"
     args = [sys.executable, "-c", hide_dlib, "data", "shards", str(lfw_root / "Aaron_Eckhart"), str(tmp_path / "out"),
             "--align", "detect", "--landmarks", "grid", "--preset", "tiny"]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=120)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from data_tools.readers.recordio import IRHeader, RecordIOWriter, pack_record, write_insightface_rec
 from data_tools.readers.verification_bin import write_verification_bin
-from lafs_core.cli.main import app
+from lafs_cli.main import app
 from lafs_core.errors import DataError
 
 
@@ -69,7 +69,7 @@ def test_scan_recordio_bin_and_pairs(tmp_path: Path, shared_datasets: Path) -> N
 
 def _lafs(*args: str, memory_limit: int | None = None) -> subprocess.CompletedProcess[str]:
     """The real CLI in a child process, optionally with its address space capped at ``memory_limit`` bytes."""
-    code = "from lafs_core.cli.main import main; main()"
+    code = "from lafs_cli.main import main; main()"
     env = {**os.environ, "COLUMNS": "1000"}  # rich wraps the error line at 80 columns when stderr is not a terminal
 
     def cap() -> None:

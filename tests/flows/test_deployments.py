@@ -39,11 +39,14 @@ def test_deploy_all_registers_every_deployment(prefect_api: str, tmp_path: Path)
         assert deployment.entrypoint == entrypoint
         assert deployment.work_pool_name == "lafs-process"
         assert "params" in deployment.parameter_openapi_schema["properties"]
-    assert flows[by_name["pipeline-tiny"].flow_id] == "lafs-pipeline"
+    assert flows[by_name["pipeline-lfw-v1"].flow_id] == "lafs-pipeline"
     nightly = by_name["champion-nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert nightly.parameters["params"]["model"] == "models:/lafs-face@champion"
+    yours = by_name["pipeline-your-data"].parameters["params"]
+    assert yours["unlabelled"] == ["/data/x/datasets/extended_yale_b_cropped/CroppedYale"]
+    assert yours["eval_sets"] == [{"data": "/data/x/datasets/yalefaces/yalefaces"}]
     shards_source = by_name["shards-default"].parameters["params"]["source"]
     assert shards_source == "/data/x/datasets/lfw_deepfunneled/lfw-deepfunneled"
-    pull = by_name["pipeline-tiny"].pull_steps
+    pull = by_name["pipeline-lfw-v1"].pull_steps
     assert pull[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)

@@ -15,7 +15,7 @@ from flows import lineage
 from flows.common import tracked_stage
 
 STAGE_PROCESS = """
-from lafs_core.train.tracking import stage_run, log_metrics
+from lafs_core.tracking import stage_run, log_metrics
 with stage_run("pretrain") as run:
     log_metrics({"train/loss": 1.5}, step=3)
     print(run.info.run_id)

@@ -8,8 +8,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from lafs_core import tracking
 from lafs_core.config import StageConfig, load_config
-from lafs_core.train import tracking
 
 
 class ProbeConfig(StageConfig):

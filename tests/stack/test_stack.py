@@ -1,6 +1,6 @@
 """The tiny pipeline through a Prefect process worker, on MLflow and Prefect servers backed by PostgreSQL.
 
-Two runs of the ``pipeline-tiny`` deployment (``prefect deployment run``, as docker/README.md does): the second
+Two runs of the ``pipeline-lfw-v1`` deployment (``prefect deployment run``, as docker/README.md does): the second
 changes only fine-tuning, so its other stages come from the cache. The MLflow server is restarted while the first
 run trains. The checks then read everything through the servers, from working directories other than the worker's.
 """
@@ -35,12 +35,13 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from stack_harness import HOST, REPO, Stack, http_ok, program
 
+from flows.chain import CONFIGURATIONS
 from flows.stack import MLFLOW_DB, PREFECT_DB, WORK_POOL
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-DEPLOYMENT = "lafs-pipeline/pipeline-tiny"
-STAGES = {"shards-kshot", "partfvit", "shards-pool", "pretrain", "finetune", "eval"}
+DEPLOYMENT = "lafs-pipeline/pipeline-lfw-v1"
+STAGES = {"shards-kshot", "partfvit", "shards-pool", "pretrain", "finetune", "eval-lfw-v1"}
 # The second run changes only fine-tuning: these stages' tasks come from the first run's cached results.
 CACHED_IN_SECOND = {
     "shards-kshot": "shard_job",
@@ -106,13 +107,14 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 def pipeline_params(work_dir: Path, experiment: str, model: str, finetune_steps: int) -> dict[str, Any]:
     """The tiny pipeline of the end-to-end test: 8 k-shot identities, 48 pool images, a few steps per stage."""
     return {
+        **CONFIGURATIONS["lfw-v1"],
         "work_dir": str(work_dir),
         "kshot_identities": 8,
         "pool_images": 48,
-        "partfvit_overrides": ["max_steps=2", "val_pairs=[]", "log_model=false", "num_workers=0"],
+        "partfvit_overrides": ["max_steps=2", "log_model=false", "num_workers=0"],
         "pretrain_overrides": ["max_steps=2", "probe_every=0", "num_workers=0", "log_every=1"],
-        "finetune_overrides": [f"max_steps={finetune_steps}", "val_pairs=[]", "num_workers=0", "log_every=1"],
-        "eval_pairs_per_fold": 10,
+        "finetune_overrides": [f"max_steps={finetune_steps}", "num_workers=0", "log_every=1"],
+        "eval_sets": [{"data": "lfw-v1", "pairs_per_fold": 10}],
         "experiment": experiment,
         "registered_model": model,
     }
@@ -175,10 +177,10 @@ def lineage(client: MlflowClient, experiment: str) -> list[tuple[Run, dict[str, 
 
 @pytest.fixture(scope="module")
 def pipelines(stack: Stack) -> Pipelines:
-    """Deploy ``pipeline-tiny``; run it (MLflow restarted once Part fViT finished), then with 3 fine-tuning steps."""
+    """Deploy ``pipeline-lfw-v1``; run it (MLflow restarted once Part fViT finished), then with 3 fine-tuning steps."""
     experiment, model, work_dir = "lafs-stack", "lafs-face-stack", stack.root / "work"
     stack.prefect_cli(
-        "deploy", "--name", "pipeline-tiny", LAFS_PROJECT_DIR=str(REPO), LAFS_SHARED=str(stack.lafs_shared)
+        "deploy", "--name", "pipeline-lfw-v1", LAFS_PROJECT_DIR=str(REPO), LAFS_SHARED=str(stack.lafs_shared)
     )
     client = MlflowClient(stack.mlflow_url)
 
@@ -249,7 +251,7 @@ def test_runs_and_artifacts_are_read_through_the_server(
 
     for name in ("partfvit", "pretrain", "finetune"):
         assert "config.yaml" in artifact_paths(elsewhere, first_children[name].info.run_id), name
-    eval_run = second_children["eval"]
+    eval_run = second_children["eval-lfw-v1"]
     report = elsewhere.download_artifacts(eval_run.info.run_id, "eval/lfw-v1/lfw-v1.json", str(tmp_path))
     assert json.loads(Path(report).read_text())["accuracy_mean"] == eval_run.data.metrics[METRIC]
     (tmp_path / "model").mkdir()
@@ -282,7 +284,7 @@ def test_eval_compare_lists_the_runs(
     runs = experiment_runs(elsewhere, pipelines.experiment)
     assert sorted(r["run_id"] for r in rows) == sorted(r.info.run_id for r in runs)
     scored = {r.info.run_id: r.data.metrics[METRIC] for r in runs if METRIC in r.data.metrics}
-    assert len(scored) == 4  # the two parents and the two evaluations
+    assert len(scored) == 6  # the two parents, the two evaluations and the two fine-tunings they score
     best_first = rows[: len(scored)]  # runs without the metric come last
     assert {r["run_id"]: r[METRIC] for r in best_first} == scored
     assert [r[METRIC] for r in best_first] == sorted(scored.values(), reverse=True)

@@ -17,10 +17,10 @@ from data_tools.shards.landmark_sources import (
     mirror,
     open_landmark_source,
 )
-from data_tools.shards.manifest import read_info
 from data_tools.shards.precompute import precompute
 from lafs_core.config import StageConfig, load_config
 from lafs_core.data.normalize import normalize
+from lafs_core.data.shard_format import read_info
 from lafs_core.errors import ConfigError
 from lafs_core.models.build import build_face_model
 from lafs_core.models.checkpoint import save_model_checkpoint

@@ -32,7 +32,7 @@ def paused_run_shard(*args, **kwargs):
         time.sleep(0.05)
     return result
 precompute.run_shard = paused_run_shard
-from lafs_core.cli.main import main
+from lafs_cli.main import main
 sys.argv = ["lafs", *sys.argv[1:]]
 main()
 """
@@ -44,7 +44,7 @@ def shards_command(source: Path, out: Path, shard_size: int, *extra: str) -> lis
 
 
 def lafs(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "from lafs_core.cli.main import main; main()"
+    code = "from lafs_cli.main import main; main()"
     env = {**os.environ, "COLUMNS": "1000"}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
 

@@ -18,7 +18,7 @@ import pytest
 from data_tools.fewshot import select_fewshot
 from data_tools.shards.lock import FOLDER_LOCK
 from data_tools.shards.manifest import read_manifest
-from data_tools.shards.precompute import precompute
+from data_tools.shards.precompute import plan_shards, precompute
 from data_tools.shards.verify import verify_shards
 from data_tools.shards.writer import ShardSample, file_sha256, write_shard
 from lafs_core.errors import DataError
@@ -131,6 +131,23 @@ def test_exclude_pairs_drops_their_people_and_relabels(face_folder, make_config,
     assert result.info["source"]["excluded_people"] == 3
 
 
+def test_several_sources_make_one_set_and_max_inputs_keeps_a_seeded_sample(face_folder, make_config, tmp_path):
+    other = tmp_path / "other"
+    for person in ("s2", "s3"):  # the same folder names as in face_folder: different people of another source
+        shutil.copytree(face_folder / person, other / person)
+    plan = plan_shards([face_folder, other], make_config())
+    keys = [e.key for e in plan.entries]
+    assert len(keys) == 61 + 20 and {key[:3] for key in keys} == {"s0-", "s1-"}
+    identities = {e.identity for e in plan.entries}
+    assert len(identities) == 6 + 2 and {"s0-s2", "s1-s2"} <= identities
+    cut = plan_shards([face_folder, other], make_config(max_inputs=20))
+    assert [e.key for e in cut.entries] == keys[:20] and cut.fingerprint != plan.fingerprint
+    result = precompute([face_folder, other], tmp_path / "both", make_config(max_inputs=20))
+    assert result.info["num_inputs"] == 20 and len(result.info["source"]["sources"]) == 2
+    with pytest.raises(DataError, match="one source, not from several"):
+        plan_shards([face_folder, other], make_config(), fewshot=tmp_path / "list.json")
+
+
 def test_fewshot_list_as_source(face_folder, make_config, tmp_path):
     listing = select_fewshot(face_folder, k=2, seed=0).write(tmp_path / "k2.json")
     result = precompute(listing, tmp_path / "k2", make_config())
@@ -161,7 +178,7 @@ def dying_write_shard(path, samples):
             yield sample
     return write_shard(path, counted())
 precompute.write_shard = dying_write_shard
-from lafs_core.cli.main import main
+from lafs_cli.main import main
 sys.argv = ["lafs", *sys.argv[1:]]
 main()
 """

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from data_tools.shards.precompute import precompute
-from lafs_core.cli.main import app
+from lafs_cli.main import app
 from lafs_core.config import load_config
 from lafs_core.config.data import ShardsConfig
 
@@ -105,6 +105,6 @@ def test_manifest_of_another_table_is_one_line_exit_2(copy):
 
 
 def lafs(*args):
-    code = "from lafs_core.cli.main import main; main()"
+    code = "from lafs_cli.main import main; main()"
     env = {**os.environ, "COLUMNS": "1000"}
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)

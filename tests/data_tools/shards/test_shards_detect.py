@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from data_tools.detect import detect_align
 from data_tools.readers.base import decode_rgb
-from lafs_core.cli.main import app
+from lafs_cli.main import app
 
 FRAMES = ["subject01.happy", "subject01.normal", "subject02.happy", "subject02.wink", "subject08.rightlight"]
 NO_FACE = "subject08.rightlight"  # side-lit: the HOG detector finds no face in it

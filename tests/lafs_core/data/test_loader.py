@@ -1,4 +1,4 @@
-"""Shard loaders: exact-once evaluation, fixed-length training epochs, views; two gloo ranks split correctly."""
+"""Shard loaders: exact-once evaluation, fixed-length training epochs, samples by key; two gloo ranks split."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from data_tools.shards.precompute import precompute
 from data_tools.shards.writer import ShardSample, write_shard
 from lafs_core.config import load_config
 from lafs_core.config.data import ShardsConfig
-from lafs_core.data.loader import batches_per_epoch, eval_loader, read_info, train_loader
-from lafs_core.data.views import ViewSpec, apply_affine
+from lafs_core.data.loader import batches_per_epoch, eval_loader, read_samples, train_loader
+from lafs_core.data.shard_format import read_info
 from lafs_core.errors import DataError
 
 
@@ -58,23 +58,31 @@ def test_eval_loader_sees_every_sample_once(shard_dir):
     assert len(keys) == len(set(keys)) == 120
 
 
-def test_train_loader_gives_a_fixed_number_of_full_batches_with_views(shard_dir):
+def test_train_loader_gives_a_fixed_number_of_full_batches(shard_dir):
     info = read_info(shard_dir)
     assert batches_per_epoch(info, 16) == 7
     assert batches_per_epoch(info, 16, world_size=2) == 3
-    perm = torch.tensor(info["flip_permutation"])
-    loader = train_loader(shard_dir, 16, num_workers=2, views=ViewSpec(num_views=3), online=True)
+    stored = stored_samples(shard_dir)
+    loader = train_loader(shard_dir, 16, num_workers=2)
     batches = list(loader)
     assert len(batches) == 7
     batch = batches[0]
     assert batch["images"].shape == (16, 3, 112, 112) and batch["labels"].shape == (16,)
-    assert batch["view_landmarks"].shape == (16, 3, 49, 2) and batch["crops"].shape == (16, 3, 3, 112, 112)
-    back = apply_affine(batch["view_landmarks"].double(), batch["affine"].double())
-    flipped = batch["flipped"][..., None, None]
-    expected = torch.where(flipped, batch["landmarks"][:, None, perm], batch["landmarks"][:, None])
-    torch.testing.assert_close(back.float(), expected, atol=1e-3, rtol=0)
-    assert 0 < int(batch["flipped"].sum()) < batch["flipped"].numel()
+    assert batch["landmarks"].shape == (16, 49, 2)
+    for key, landmarks in zip(batch["keys"], batch["landmarks"], strict=True):
+        np.testing.assert_array_equal(landmarks.numpy(), stored[key])
     assert len(list(loader)) == 7
+
+
+def test_read_samples_decodes_the_wanted_keys_of_their_shards(shard_dir):
+    table = read_manifest(shard_dir).to_pydict()
+    wanted = {table["key"][i]: table["shard"][i] for i in (3, 50, 119)}
+    samples = read_samples(shard_dir, {**wanted, "no-such-key": table["shard"][0]})
+    assert set(samples) == set(wanted)
+    stored = stored_samples(shard_dir)
+    for key, sample in samples.items():
+        assert sample["image"].shape == (3, 112, 112)
+        np.testing.assert_array_equal(sample["landmarks"].numpy(), stored[key])
 
 
 def test_images_map_runs_per_batch_in_workers_with_their_own_random_streams(shard_dir):

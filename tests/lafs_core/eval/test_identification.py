@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lafs_core.cli.main import app
+from data_tools.faces import open_faces
+from lafs_cli.main import app
 from lafs_core.config import load_config
 from lafs_core.config.loader import StageConfig
-from lafs_core.eval.faces import open_faces
 from lafs_core.eval.identification import GalleryProbeSplit, identify, split_gallery_probe
 from lafs_core.models.build import build_face_model
 from lafs_core.models.checkpoint import save_model_checkpoint

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from data_tools.align import ARCFACE_TEMPLATE
-from data_tools.readers.ijb import load_ijb_meta
+from data_tools.readers.ijb import IjbImages, open_ijb
 from lafs_core.config import load_config
 from lafs_core.config.loader import StageConfig
 from lafs_core.eval.embed import embed_source
-from lafs_core.eval.ijb import IjbImages, TemplatePooler, evaluate_ijb, pool_templates, template_features
+from lafs_core.eval.ijb import TemplatePooler, evaluate_ijb, pool_templates, template_features
 from lafs_core.eval.roc import IJB_FARS
 from lafs_core.models.build import build_face_model
 
@@ -102,8 +102,8 @@ def grid_model() -> torch.nn.Module:
 @pytest.mark.parametrize(("norm_score", "detector_score"), [(True, True), (False, False)])
 def test_template_features_on_tree_match_formula(ijb_tree, grid_model, norm_score, detector_score):
     root, _ = ijb_tree
-    meta = load_ijb_meta(root, "ijbb")
-    ids, feats, skipped = template_features(grid_model, meta, batch_size=8, use_norm_score=norm_score,
+    _, meta, faces = open_ijb(root, "ijbb")
+    ids, feats, skipped = template_features(grid_model, meta, faces, batch_size=8, use_norm_score=norm_score,
                                             use_detector_score=detector_score)  # fmt: skip
     assert skipped == 0
     raw = embed_source(grid_model, IjbImages(meta), batch_size=8, l2_normalize=False).features.astype(np.float64)
@@ -117,7 +117,7 @@ def test_template_features_on_tree_match_formula(ijb_tree, grid_model, norm_scor
 
 def test_evaluate_ijb_end_to_end_and_skips_missing_images(ijb_tree, grid_model, tmp_path):
     root, counts = ijb_tree
-    result = evaluate_ijb(grid_model, root, batch_size=16)
+    result = evaluate_ijb(grid_model, *open_ijb(root), batch_size=16)
     assert (result.name, result.pairs, result.templates, result.images) == (
         "ijbb", counts["pairs"], counts["templates"], counts["images"])  # fmt: skip
     assert list(result.tar) == list(IJB_FARS)
@@ -126,7 +126,7 @@ def test_evaluate_ijb_end_to_end_and_skips_missing_images(ijb_tree, grid_model, 
     broken = tmp_path / "IJBB"
     build_ijb_tree(broken)
     (broken / "loose_crop" / "1.jpg").unlink()
-    assert evaluate_ijb(grid_model, broken, batch_size=16).images_skipped == 1
+    assert evaluate_ijb(grid_model, *open_ijb(broken), batch_size=16).images_skipped == 1
 
 
 def test_ijb_command_writes_report(ijb_tree, grid_model, tmp_path):
@@ -134,7 +134,7 @@ def test_ijb_command_writes_report(ijb_tree, grid_model, tmp_path):
 
     from typer.testing import CliRunner
 
-    from lafs_core.cli.main import app
+    from lafs_cli.main import app
     from lafs_core.models.checkpoint import save_model_checkpoint
 
     root, counts = ijb_tree

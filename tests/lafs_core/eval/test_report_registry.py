@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from lafs_core.cli.main import app
+from lafs_cli.main import app
 from lafs_core.errors import LafsError
 from lafs_core.eval.registry import compare_runs, register_best
 from lafs_core.eval.report import log_to_mlflow, mlflow_metrics, verification_report, write_report
@@ -50,7 +50,7 @@ def test_report_files_and_metric_names(tmp_path, tracking):
     assert not any("@" in name for name in metrics)
     mlflow.set_experiment("eval-test")
     with mlflow.start_run() as run:
-        log_to_mlflow(saved, (json_path, png_path))
+        log_to_mlflow(metrics, (json_path, png_path), "lfw-v1")
     logged = tracking.get_run(run.info.run_id)
     assert logged.data.metrics["lfw-v1/acc"] == pytest.approx(saved["accuracy_mean"])
     artifacts = {a.path for a in tracking.list_artifacts(run.info.run_id, "eval/lfw-v1")}

@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 
 from data_tools.shards.landmark_sources import GridSource, flip_permutation
-from data_tools.shards.manifest import FORMAT, landmark_stats, write_info, write_manifest
+from data_tools.shards.manifest import landmark_stats, write_info, write_manifest
 from data_tools.shards.writer import ShardSample, encode_jpeg, write_shard
+from lafs_core.data.shard_format import FORMAT
 
 
 def lfw_images(lfw_dir: Path, max_images: int, min_per_identity: int = 2) -> list[tuple[str, Path]]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from _supervised_shards import lfw_k4_shards
 
+from data_tools.pairsets import load_pair_set
 from lafs_core.config import load_config
 from lafs_core.config.finetune import FinetuneConfig
 from lafs_core.errors import ConfigError
@@ -72,7 +73,6 @@ def test_finetune_runs_verifies_logs_and_registers(k4, init_files, mlflow_store,
             f"output_dir={tmp_path / 'run'}",
             f"init_backbone={teacher_path}",
             f"init_landmarks={partfvit_path}",
-            f"val_pairs=[{faces}]",
             "global_batch_size=8",
             "micro_batch_size=4",
             "max_steps=2",
@@ -83,7 +83,7 @@ def test_finetune_runs_verifies_logs_and_registers(k4, init_files, mlflow_store,
             f"registered_model={name}",
         ],
     )
-    summary = run_finetune(cfg)
+    summary = run_finetune(cfg, [load_pair_set(faces)])
 
     assert summary["steps"] == 2
     assert (summary["classes"], summary["samples"], summary["accum"]) == (12, 48, 2)
@@ -102,7 +102,7 @@ def test_finetune_runs_verifies_logs_and_registers(k4, init_files, mlflow_store,
         assert model.landmark_cnn is not None
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert last["margin"]["weight"].shape == (12, cfg.model.dim)
-    assert last["train"]["best_step"] in (1, 2)
+    assert last["best"]["step"] in (1, 2)
 
 
 def test_init_from_an_official_style_ssl_teacher_needs_the_official_convention(tmp_path) -> None:

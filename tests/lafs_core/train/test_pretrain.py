@@ -18,17 +18,19 @@ import psutil
 import pytest
 import torch
 
+from lafs_core.checkpoint_io import read_checkpoint as load_checkpoint
 from lafs_core.config import load_config
 from lafs_core.config.pretrain import PretrainConfig
+from lafs_core.distributed import init_distributed
 from lafs_core.errors import LafsError
 from lafs_core.losses.dino import koleo_loss
 from lafs_core.models.checkpoint import load_face_model
 from lafs_core.models.sampler import grid_landmarks
 from lafs_core.train import checkpointing as ckpt
-from lafs_core.train.checkpointing import list_checkpoints, load_checkpoint
-from lafs_core.train.distributed import init_distributed
+from lafs_core.train.checkpointing import list_checkpoints
+from lafs_core.train.loop import run_stage
 from lafs_core.train.pretrain import (
-    Trainer,
+    PretrainStage,
     build_networks,
     build_schedules,
     cancel_last_layer_gradients,
@@ -70,6 +72,10 @@ def _cfg(shards: Path, out: Path, *overrides: str) -> PretrainConfig:
 
 def _history(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+
+
+def run_probe(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
 
 
 def test_multicrop_groups_views_by_token_count() -> None:
@@ -124,7 +130,9 @@ def test_ema_update_formula() -> None:
 
 def test_train_resume_and_tracking(shards: Path, tmp_path: Path, mlflow_store) -> None:
     out = tmp_path / "run"
-    teacher_path = train(_cfg(shards, out, "max_steps=4"))
+    summary = train(_cfg(shards, out, "max_steps=4"))
+    teacher_path = summary["artifacts"]["teacher"]
+    assert summary["metrics"]["probe/verification_acc"] == run_probe(out)[-1]["probe/verification_acc"]
     assert [step for step, _ in list_checkpoints(out)] == [2, 4]
     history = _history(out)
     assert [r["step"] for r in history] == [0, 1, 2, 3]
@@ -152,6 +160,7 @@ def test_train_resume_and_tracking(shards: Path, tmp_path: Path, mlflow_store) -
     assert 0.0 <= run.data.metrics["probe/verification_acc"] <= 1.0
     artifacts = {a.path for a in mlflow_store.list_artifacts(run_id)}
     assert {"views.png", "teacher.pt", "config.yaml"} <= artifacts
+    assert [r["step"] for r in run_probe(out)] == [2, 4]
 
     train(_cfg(shards, out, "max_steps=6", "resume=auto"))
     resumed = _history(out)
@@ -166,13 +175,13 @@ def test_train_resume_and_tracking(shards: Path, tmp_path: Path, mlflow_store) -
 def test_sinkhorn_and_koleo_step(shards: Path, tmp_path: Path) -> None:
     cfg = _cfg(shards, tmp_path / "sk", "probe_every=0", "teacher_centering=sinkhorn", "koleo_weight=0.5")
     assert cfg.model_dump()["teacher_centering"] == "sinkhorn"
-    trainer = Trainer(cfg, init_distributed())
+    trainer = PretrainStage(cfg, init_distributed())
     images = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     views = trainer.views(images, grid_landmarks(112, 16).expand(4, -1, -1))
     with torch.no_grad():
         _, embeddings = trainer.student(views.tokens, return_embeddings=True)
     expected_koleo = float(torch.stack([koleo_loss(e) for e in embeddings[:2]]).mean())
-    metrics = trainer.train_step(views)
+    metrics = trainer.step_on_views(views, 0)
     assert metrics["koleo"] == pytest.approx(expected_koleo, rel=1e-4)
     assert metrics["loss"] == pytest.approx(metrics["dino_loss"] + 0.5 * metrics["koleo"], rel=1e-5)
     assert 0 < metrics["teacher_entropy"] <= np.log(cfg.model.dino_out_dim) + 1e-4
@@ -180,17 +189,19 @@ def test_sinkhorn_and_koleo_step(shards: Path, tmp_path: Path) -> None:
     assert float(trainer.student.backbone.patch_embed.weight.grad.abs().sum()) > 0
 
 
-def test_nonfinite_loss_stops_with_checkpoint(shards: Path, tmp_path: Path) -> None:
+def test_nonfinite_loss_stops_with_checkpoint(shards: Path, tmp_path: Path, mlflow_store) -> None:
     out = tmp_path / "nan"
-    trainer = Trainer(_cfg(shards, out, "probe_every=0"), init_distributed())
-    with torch.no_grad():
-        trainer.student.backbone.patch_embed.weight.fill_(float("nan"))
-    images = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8)
-    from lafs_core.models.sampler import grid_landmarks
 
-    views = trainer.views(images, grid_landmarks(112, 16).expand(4, -1, -1))
-    with pytest.raises(LafsError, match=r"non-finite DINO loss .* at step 0"):
-        trainer.train_step(views)
+    class Poisoned(PretrainStage):
+        """A stage whose student is NaN by the first step."""
+
+        def batches(self, start: int):
+            with torch.no_grad():
+                self.student.backbone.patch_embed.weight.fill_(float("nan"))
+            return super().batches(start)
+
+    with pytest.raises(LafsError, match=r"pretrain stopped: non-finite loss .* at step 0"):
+        run_stage(lambda dist: Poisoned(_cfg(shards, out, "probe_every=0"), dist), _cfg(shards, out))
     saved = out / "checkpoints" / "nonfinite_step_00000000.pt"
     assert saved.is_file()
     assert load_checkpoint(saved)["step"] == 0

@@ -21,26 +21,12 @@ from lafs_core.data.supervised_augment import build_mixup
 from lafs_core.errors import ConfigError
 from lafs_core.models.build import build_face_model
 from lafs_core.models.margin import CosFace
+from lafs_core.train.classifier import Classifier, TrainNet, soft_target_loss
 from lafs_core.train.finetune import run_finetune
 from lafs_core.train.optim import build_adamw
-from lafs_core.train.supervised import (
-    Classifier,
-    TrainNet,
-    accumulation_step,
-    cpu_threads,
-    lr_schedule,
-    make_plan,
-    soft_target_loss,
-)
+from lafs_core.train.supervised import accumulation_step, batch_plan, cpu_threads, lr_schedule
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process steps use one torch thread, as training does on a shared 2-core box (see ``cpu_threads``)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_classifier(num_classes: int) -> Classifier:
@@ -107,7 +93,7 @@ def test_cpu_threads_share_the_cores_and_respect_explicit_settings(monkeypatch) 
 
 def test_plan_and_schedule_do_not_depend_on_world_size() -> None:
     cfg = load_config(FinetuneConfig, preset="tiny", overrides=["global_batch_size=48", "micro_batch_size=8"])
-    one, two, three = (make_plan(cfg, 1000, world) for world in (1, 2, 3))
+    one, two, three = (batch_plan(cfg, 1000, world) for world in (1, 2, 3))
     assert (one.accum, two.accum, three.accum) == (6, 3, 2)
     assert one.steps_per_epoch == two.steps_per_epoch == three.steps_per_epoch == 1000 // 48
     np.testing.assert_array_equal(lr_schedule(cfg, one), lr_schedule(cfg, three))
@@ -116,7 +102,7 @@ def test_plan_and_schedule_do_not_depend_on_world_size() -> None:
     assert schedule.max() == pytest.approx(cfg.lr)
     assert len(schedule) == cfg.epochs * one.steps_per_epoch
     with pytest.raises(ConfigError, match="not a multiple"):
-        make_plan(cfg, 1000, 4)
+        batch_plan(cfg, 1000, 4)
 
 
 def test_soft_target_cosface_under_mixup_matches_its_formula() -> None:
@@ -184,7 +170,7 @@ def test_resume_on_another_world_size_continues_the_schedule(k4, mlflow_store, m
     started = json.loads(done.stdout)
     assert (started["steps"], started["world_size"], started["accum"]) == (2, 2, 2)
     first = torch.load(run_dir / "checkpoints" / "step_00000002.pt", weights_only=True)
-    assert (first["train"]["step"], first["train"]["world_size"]) == (2, 2)
+    assert (first["step"], first["world_size"]) == (2, 2)
     assert first["margin"]["weight"].shape == (12, 96)
     pfc_moments = [s["exp_avg"] for s in first["optimizer"]["state"].values() if s["exp_avg"].shape == (12, 96)]
     assert len(pfc_moments) == 1
@@ -193,11 +179,11 @@ def test_resume_on_another_world_size_continues_the_schedule(k4, mlflow_store, m
     summary = run_finetune(cfg)
 
     assert (summary["steps"], summary["world_size"], summary["accum"]) == (4, 1, 4)
-    schedule = lr_schedule(cfg, make_plan(cfg, 48, 1))
+    schedule = lr_schedule(cfg, batch_plan(cfg, 48, 1))
     last = torch.load(run_dir / "checkpoints" / "step_00000004.pt", weights_only=True)
-    assert (last["train"]["step"], last["train"]["world_size"]) == (4, 1)
+    assert (last["step"], last["world_size"]) == (4, 1)
     assert {g["lr"] for g in last["optimizer"]["param_groups"]} == {schedule[3]}
-    assert summary["run_id"] == first["train"]["run_id"]
+    assert summary["run_id"] == first["mlflow_run_id"]
     logged = mlflow_store.get_metric_history(summary["run_id"], "train/lr")
     assert sorted((m.step, m.value) for m in logged) == [(i + 1, pytest.approx(schedule[i])) for i in range(4)]
     assert not torch.equal(last["margin"]["weight"], first["margin"]["weight"])

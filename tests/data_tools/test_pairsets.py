@@ -1,4 +1,5 @@
-"""Pair sources: .bin round trip to accuracy, LFW View 1 / View 2 fold structure, balanced generated pairs."""
+"""Reading pair sets: .bin round trip to accuracy, LFW View 1 / View 2 fold structure, labelled folders, missing and
+unusable images."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import pytest
 import torch
 from torch import nn
 
+from data_tools.pairsets import FileImages, load_pair_set, resize_center_crop
 from data_tools.readers.verification_bin import write_verification_bin
 from lafs_core.config import load_config
 from lafs_core.config.loader import StageConfig
 from lafs_core.env import shared_datasets
 from lafs_core.errors import DataError
-from lafs_core.eval.pairsets import FileImages, balanced_pairs, load_pair_set, resize_center_crop
-from lafs_core.eval.probe import probe_verification, verify_pair_set
+from lafs_core.eval.verify import verify
 from lafs_core.models.build import build_face_model
 from lafs_core.models.checkpoint import save_model_checkpoint
 
@@ -69,12 +70,12 @@ def test_bin_round_trip_through_restricted_reader_to_accuracy(tmp_path):
     assert pair_set.issame.tolist() == issame
     # Decoded images are the written ones up to JPEG loss.
     assert np.abs(pair_set.images.load(3).astype(int) - images[3].astype(int)).mean() < 8
-    verified = verify_pair_set(PixelModel(), pair_set, batch_size=32)
+    verified = verify(PixelModel(), pair_set, batch_size=32)
     assert verified.result.pairs == 60 and verified.result.folds == 10
     assert verified.result.accuracy_mean > 0.95 and verified.result.auc > 0.99
     # Swapped labels invert the ROC: the pairs really are image 2i vs 2i+1 with flag i.
     write_verification_bin(path, images, [not s for s in issame])
-    swapped = verify_pair_set(PixelModel(), load_pair_set(path), batch_size=32).result
+    swapped = verify(PixelModel(), load_pair_set(path), batch_size=32).result
     assert swapped.auc < 0.01 and swapped.accuracy_mean <= 0.55
 
 
@@ -109,29 +110,14 @@ def test_lfw_view1_is_stratified_and_aligned_to_112():
         load_pair_set(LFW / "no_such_pairs.txt")
 
 
-def test_balanced_pairs_follow_protocol():
-    labels = np.repeat(np.arange(40), 10)  # AT&T: 40 ids x 10
-    pairs, issame = balanced_pairs(labels, seed=1)
-    assert issame.sum() == 40 * 45 and (~issame).sum() == 40 * 45
-    assert np.all(labels[pairs[issame, 0]] == labels[pairs[issame, 1]])
-    assert np.all(labels[pairs[~issame, 0]] != labels[pairs[~issame, 1]])
-    assert len({tuple(sorted(p)) for p in pairs.tolist()}) == len(pairs)
-    again, _ = balanced_pairs(labels, seed=1)
-    other, _ = balanced_pairs(labels, seed=2)
-    assert np.array_equal(pairs, again) and not np.array_equal(pairs, other)
-    big = np.repeat(np.arange(38), 64)  # Extended Yale B scale: same pairs capped at 3000
-    _, big_same = balanced_pairs(big, seed=0)
-    assert big_same.sum() == 3000 and (~big_same).sum() == 3000
-
-
-def test_labelled_folder_pairs_on_att_and_in_training_probe():
+def test_labelled_folder_pairs_on_att_verified_from_a_training_model():
     pair_set = load_pair_set(ATT, seed=0)
     assert len(pair_set) == 3600 and pair_set.fold_rule.startswith("stratified")
     image = pair_set.images.load(0)  # 92x112 grey PGM -> 112x112 RGB
     assert image.shape == (112, 112, 3) and np.array_equal(image[..., 0], image[..., 1])
     small = load_pair_set(ATT, seed=0, max_same=100).cached()
     model = PixelModel().train()
-    metrics = probe_verification(model, small, batch_size=64)
+    metrics = verify(model, small, batch_size=64, metric="cosine").metrics()
     assert model.training
     assert set(metrics) >= {"att_faces/acc", "att_faces/acc_std", "att_faces/auc", "att_faces/tar_at_far_1e-2"}
     assert 0.6 < metrics["att_faces/acc"] <= 1.0  # raw pixels separate AT&T identities well above chance
@@ -165,7 +151,7 @@ def small_lfw_view1(root: Path) -> tuple[Path, Path, list[tuple[str, str]]]:
 def test_missing_images_that_empty_a_fold_or_the_set_are_refused(tmp_path):
     pairs_file, images, pairs = small_lfw_view1(tmp_path)
     full = load_pair_set(pairs_file, images)
-    assert verify_pair_set(PixelModel(), full, batch_size=40).result.folds == 10
+    assert verify(PixelModel(), full, batch_size=40).result.folds == 10
     for rel in (*pairs[3], *pairs[13]):  # fold 3: its same pair (row 3) and its different pair (row 13)
         (images / rel).unlink()
     with pytest.raises(DataError, match=rf"{pairs_file}: 4 of its 40 images are missing: fold 3 of 10 has no pairs"):
@@ -173,7 +159,7 @@ def test_missing_images_that_empty_a_fold_or_the_set_are_refused(tmp_path):
     for rel in pairs[13]:
         (images / rel).parent.mkdir(exist_ok=True)
         shutil.copy(LFW / "lfw-deepfunneled" / rel, images / rel)
-    kept = verify_pair_set(PixelModel(), load_pair_set(pairs_file, images), batch_size=40)
+    kept = verify(PixelModel(), load_pair_set(pairs_file, images), batch_size=40)
     assert (kept.result.folds, kept.result.pairs, kept.pairs_skipped) == (10, 19, 1)
     shutil.rmtree(images)
     images.mkdir()
@@ -188,7 +174,7 @@ def test_pair_file_with_all_images_missing_is_one_line_exit_2(tmp_path):
     torch.manual_seed(0)
     model = build_face_model(load_config(StageConfig, preset="tiny").model, with_landmark_cnn=False)
     checkpoint = save_model_checkpoint(tmp_path / "tiny.pt", model, "tiny", "test")
-    code = "from lafs_core.cli.main import main; main()"
+    code = "from lafs_cli.main import main; main()"
     args = ["eval", "verify", "--model", str(checkpoint), "--pairs", str(pairs_file), "--images", str(images)]
     env = {**os.environ, "COLUMNS": "1000"}
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)

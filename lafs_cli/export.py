@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lafs_core.cli.common import JsonOption, ModelOption, print_json
+from lafs_cli.common import JsonOption, ModelOption, print_json
 
 
 def export(
@@ -53,17 +53,18 @@ def export(
             typer.echo(f"ONNX output differs from torch by {diff:.2e} > --atol {atol:g}", err=True)
             raise typer.Exit(1)
     if registered_name is not None:
-        import mlflow
-
+        from lafs_core import tracking
         from lafs_core.eval.mlflow_model import log_face_model
 
-        mlflow.set_experiment(experiment)
-        with mlflow.start_run(run_name=f"export-{registered_name}", tags={"lafs.stage": "export"}) as run:
-            mlflow.log_param("checkpoint", str(model))
+        with tracking.stage_run(
+            "export", experiment=experiment, run_name=f"export-{registered_name}", system_metrics=False
+        ) as run:
+            run_id = run.info.run_id
+            tracking.log_params({"checkpoint": str(model)})
             fmt = log_face_model(face, size, registered_name)
-        summary.update(registered=registered_name, run_id=run.info.run_id, mlflow_format=fmt)
+        summary.update(registered=registered_name, run_id=run_id, mlflow_format=fmt)
         if not json_out:
-            typer.echo(f"registered {registered_name} (run {run.info.run_id}, {fmt}); serve it with: mlflow models "
+            typer.echo(f"registered {registered_name} (run {run_id}, {fmt}); serve it with: mlflow models "
                        f"serve -m models:/{registered_name}/latest --env-manager local -h 127.0.0.1")  # fmt: skip
     if json_out:
         print_json(summary)

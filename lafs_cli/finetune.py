@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from lafs_core.cli.common import ConfigOption, JsonOption, OverridesArgument, PresetOption, print_json, stage_config
+from lafs_cli.common import ConfigOption, JsonOption, OverridesArgument, PresetOption, print_json, stage_config
 
 DataOption = Annotated[Path | None, typer.Option("--data", help="labelled shard folder (overrides data_dir)")]
 OutOption = Annotated[Path | None, typer.Option("--out", help="run folder (overrides output_dir)")]
@@ -37,9 +37,7 @@ def _report(summary: dict, as_json: bool) -> None:
     """Print the summary on rank 0 only."""
     from rich.console import Console
 
-    from lafs_core.train.distributed import is_main_process
-
-    if not is_main_process():
+    if summary["rank"] != 0:
         return
     if as_json:
         print_json(summary)
@@ -67,15 +65,12 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Train the Part fViT (landmark CNN + ViT, CosFace) and export its landmark CNN for `lafs data shards`."""
+        from data_tools.pairsets import load_pair_sets
         from lafs_core.config.finetune import PartFViTConfig
-        from lafs_core.train.distributed import cleanup
         from lafs_core.train.partfvit import run_partfvit
 
         cfg = stage_config(PartFViTConfig, config, preset, _overrides(overrides, data, out, resume))
-        try:
-            _report(run_partfvit(cfg), as_json)
-        finally:
-            cleanup()
+        _report(run_partfvit(cfg, load_pair_sets(cfg.val_pairs)), as_json)
 
     @app.command("finetune")
     def finetune(
@@ -92,13 +87,10 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Fine-tune with CosFace (few-shot: point --data at a k-shot shard set) and the landmark regulariser."""
+        from data_tools.pairsets import load_pair_sets
         from lafs_core.config.finetune import FinetuneConfig
-        from lafs_core.train.distributed import cleanup
         from lafs_core.train.finetune import run_finetune
 
         items = _overrides(overrides, data, out, resume, init_backbone=init, init_landmarks=landmarks)
         cfg = stage_config(FinetuneConfig, config, preset, items)
-        try:
-            _report(run_finetune(cfg), as_json)
-        finally:
-            cleanup()
+        _report(run_finetune(cfg, load_pair_sets(cfg.val_pairs)), as_json)

@@ -34,6 +34,11 @@ class AlignedFaces:
         """Key, file, identity name and label of every image, in load order."""
         return self.source.entries
 
+    @property
+    def listing_skipped(self) -> list[dict[str, str]]:
+        """Inputs the reader could not even list (``{key, file, reason}``)."""
+        return self.source.listing_skipped
+
     def __len__(self) -> int:
         return len(self.source.entries)
 
@@ -58,15 +63,8 @@ class AlignedFaces:
         return face if isinstance(face, str) else None
 
 
-def source_path(spec: str | Path) -> Path:
-    """``spec`` as a path; the names of the shared labelled folders (``att``, ``yaleb``, ``yale``) resolve to them."""
-    from lafs_core.env import shared_datasets
-    from lafs_core.eval.pairsets import NAMED_SETS
-
-    rel, images = NAMED_SETS.get(str(spec), ("", "x"))
-    return shared_datasets() / rel if rel and not images else Path(spec)
-
-
 def open_faces(path: str | Path, align: str = "none", size: int = 112) -> AlignedFaces:
     """List ``path`` (or a named shared folder) with the matching reader and align its images on load."""
-    return AlignedFaces(open_source(source_path(path)), align, size)
+    from data_tools.pairsets import named_source
+
+    return AlignedFaces(open_source(named_source(path)), align, size)

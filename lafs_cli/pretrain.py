@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from lafs_core.cli.common import ConfigOption, JsonOption, OverridesArgument, PresetOption, print_json, stage_config
+from lafs_cli.common import ConfigOption, JsonOption, OverridesArgument, PresetOption, print_json, stage_config
 
 ResumeOption = Annotated[
     str | None, typer.Option("--resume", help="'auto' (latest checkpoint in output_dir), a checkpoint path, or 'none'")
@@ -52,8 +52,11 @@ def register(app: typer.Typer) -> None:
         from lafs_core.train.pretrain import train
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        teacher = train(cfg)
+        summary = train(cfg)
+        if summary["rank"] != 0:
+            return
+        teacher = summary["artifacts"].get("teacher")
         if json_out:
-            print_json({"teacher": str(teacher) if teacher else None, "output_dir": str(cfg.output_dir)})
+            print_json({"teacher": teacher, "output_dir": str(cfg.output_dir)})
         elif teacher is not None:
             typer.echo(f"teacher backbone written to {teacher}")

@@ -16,7 +16,7 @@ C = TypeVar("C", bound=StageConfig)
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (overrides the preset)")]
 PresetOption = Annotated[str | None, typer.Option("--preset", help="model preset: tiny, small or base")]
 OverridesArgument = Annotated[
-    list[str] | None, typer.Argument(help="key=value overrides, e.g. train.steps=100 model.depth=4")
+    list[str] | None, typer.Argument(help="key=value overrides, e.g. max_steps=100 model.depth=4")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object instead of text")]
 ModelOption = Annotated[Path, typer.Option("--model", "-m", help="model checkpoint (ours or an official file)")]
@@ -33,26 +33,3 @@ def stage_config(cls: type[C], config: Path | None, preset: str | None, override
 def print_json(obj: Any) -> None:
     """Print one JSON object on stdout."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def torch_device(name: str) -> Any:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_model(path: Path, device: Any) -> Any:
-    """A ``FaceModel`` from a checkpoint, on ``device``, in eval mode."""
-    from lafs_core.models.checkpoint import load_face_model
-
-    return load_face_model(path).to(device).eval()
-
-
-def autocast_dtype(device: Any) -> Any:
-    """bfloat16 autocast on CUDA, none (float32) on the CPU."""
-    import torch
-
-    return torch.bfloat16 if device.type == "cuda" else None

@@ -7,12 +7,15 @@ from typing import Annotated
 
 import typer
 
-from lafs_core.cli.common import ConfigOption, JsonOption, OverridesArgument, PresetOption, print_json, stage_config
+from lafs_cli.common import ConfigOption, JsonOption, OverridesArgument, PresetOption, print_json, stage_config
 
 
 def shards(
     source: Annotated[Path, typer.Argument(help="face data: image folder, .rec/.idx, .bin, ...")],
     out: Annotated[Path, typer.Argument(help="output folder for shards + manifest")],
+    also: Annotated[
+        list[Path] | None, typer.Option("--also", help="another source in the same set (repeatable)")
+    ] = None,
     landmarks: Annotated[str | None, typer.Option(help="grid | cnn:PATH | mediapipe")] = None,
     align: Annotated[str | None, typer.Option(help="lfw-deepfunneled | none | detect (raw photos)")] = None,
     shard_size: Annotated[int | None, typer.Option(help="samples per shard")] = None,
@@ -39,7 +42,7 @@ def shards(
     ) as bar:
         task = bar.add_task("images", total=None)
         result = precompute(
-            source,
+            [source, *(also or [])],
             out,
             cfg,
             fewshot=fewshot,

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lafs_core.cli.common import JsonOption, print_json
+from lafs_cli.common import JsonOption, print_json
 
 if TYPE_CHECKING:
     from data_tools.scan import ScanReport

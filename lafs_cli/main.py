@@ -20,7 +20,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from lafs_core.cli import data, data_shards, embed, evaluate, export, finetune, pipeline, pretrain
+    from lafs_cli import data, data_shards, embed, evaluate, export, finetune, pipeline, pretrain
 
     app.add_typer(data.app, name="data")
     data_shards.register(data.app)

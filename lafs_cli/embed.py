@@ -7,17 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lafs_core.cli.common import (
-    BatchOption,
-    DeviceOption,
-    JsonOption,
-    ModelOption,
-    WorkersOption,
-    autocast_dtype,
-    load_model,
-    print_json,
-    torch_device,
-)
+from lafs_cli.common import BatchOption, DeviceOption, JsonOption, ModelOption, WorkersOption, print_json
 
 
 def embed(
@@ -31,14 +21,16 @@ def embed(
     json_out: JsonOption = False,
 ) -> None:
     """Embed every image (flip-sum, L2): Parquet rows key, file, identity, label, embedding; skips are listed."""
+    from data_tools.faces import open_faces
     from lafs_core.eval.embed_table import embed_faces, write_embeddings
-    from lafs_core.eval.faces import open_faces
+    from lafs_core.models.checkpoint import inference_model
+    from lafs_core.precision import autocast_dtype
 
-    dev = torch_device(device)
-    face_model = load_model(model, dev)
+    face_model = inference_model(model, device)
     size = face_model.cfg.image_size
     faces = open_faces(source, align, size)
-    embedded = embed_faces(face_model, faces, batch_size, workers, size, autocast_dtype(dev), progress=not json_out)
+    amp = autocast_dtype("auto", next(face_model.parameters()).device)
+    embedded = embed_faces(face_model, faces, batch_size, workers, size, amp, progress=not json_out)
     meta = {
         "model": str(model),
         "source": faces.source.description,

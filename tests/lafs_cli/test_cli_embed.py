@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from data_tools.detect import detect_align
 from data_tools.readers.base import decode_rgb
 from data_tools.readers.recordio import write_insightface_rec
-from lafs_core.cli.main import app
+from lafs_cli.main import app
 from lafs_core.config import load_config
 from lafs_core.config.loader import StageConfig
 from lafs_core.data.normalize import normalize
@@ -87,7 +87,7 @@ def test_embed_a_rec_file_keeps_labels_and_matches_the_folder(shared_datasets: P
 
 
 def test_embed_reports_a_bad_source_as_one_line(checkpoint, tmp_path, monkeypatch, capsys) -> None:
-    from lafs_core.cli.main import main
+    from lafs_cli.main import main
 
     missing = tmp_path / "no-such-folder"
     argv = ["lafs", "embed", str(missing), "--model", str(checkpoint), "--out", str(tmp_path / "x.parquet")]

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from lafs_core.cli.common import (
-    BatchOption,
-    DeviceOption,
-    JsonOption,
-    ModelOption,
-    WorkersOption,
-    autocast_dtype,
-    load_model,
-    print_json,
-    torch_device,
-)
+from lafs_cli.common import BatchOption, DeviceOption, JsonOption, ModelOption, WorkersOption, print_json
 
 app = typer.Typer(
     help="Evaluate models: 10-fold verification, 1:N identification, IJB-B/C, registry aliases.", no_args_is_help=True
@@ -32,26 +19,22 @@ MlflowOption = Annotated[
     bool, typer.Option("--mlflow/--no-mlflow", help="log metrics, JSON and ROC PNG to MLflow (MLFLOW_RUN_ID or new)")
 ]
 ExperimentOption = Annotated[str, typer.Option("--experiment", help="MLflow experiment of a new run")]
+JsonReport = Annotated[Path | None, typer.Option("--json", help="report path (a ROC PNG beside it where there is one)")]
+NameOption = Annotated[str | None, typer.Option("--name", help="set name in metrics (default from the data)")]
 
 
-@contextlib.contextmanager
-def _mlflow_run(enabled: bool, experiment: str, run_name: str) -> Iterator[bool]:
-    """Attach to ``MLFLOW_RUN_ID`` / the active run, or open a new run (child of the pipeline run if any)."""
+def _log_report(
+    enabled: bool, experiment: str, run_name: str, metrics: dict[str, float], files: tuple[Path, ...], folder: str
+) -> None:
+    """With ``--mlflow``: the report's metrics and files in the evaluation's MLflow run (``tracking.stage_run``: the
+    active run, ``MLFLOW_RUN_ID`` or a new child run of the pipeline run)."""
     if not enabled:
-        yield False
         return
-    import mlflow
+    from lafs_core import tracking
+    from lafs_core.eval.report import log_to_mlflow
 
-    if mlflow.active_run() is not None:
-        yield True
-        return
-    tags = {"lafs.stage": "eval"}
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(experiment)
-        if parent := os.environ.get("LAFS_MLFLOW_PARENT_RUN_ID"):
-            tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=run_name, tags=tags):
-        yield True
+    with tracking.stage_run("eval", experiment=experiment, run_name=run_name, system_metrics=False):
+        log_to_mlflow(metrics, files, folder)
 
 
 def _default_out(model: Path, name: str) -> Path:
@@ -61,6 +44,13 @@ def _default_out(model: Path, name: str) -> Path:
     return project_home() / "runs" / "eval" / f"{model.stem}_{set_name(name)}.json"
 
 
+def _check_choice(value: str, allowed: tuple[str, ...], option: str) -> None:
+    from lafs_core.errors import ConfigError
+
+    if value not in allowed:
+        raise ConfigError(f"{option} must be one of {', '.join(allowed)}, not {value!r}")
+
+
 @app.command()
 def verify(
     model: ModelOption,
@@ -68,12 +58,12 @@ def verify(
         str, typer.Option("--pairs", "-p", help="LFW pair file, .bin, labelled folder, or lfw-v1/lfw-v2/att/yaleb/yale")
     ],
     images: Annotated[Path | None, typer.Option("--images", help="image root of an LFW pair file")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="report path (ROC PNG beside it)")] = None,
+    json_out: JsonReport = None,
     align: Annotated[str, typer.Option("--align", help="auto, lfw-deepfunneled, none or detect")] = "auto",
     metric: Annotated[str, typer.Option("--metric", help="sq_l2 or cosine")] = "sq_l2",
     thresholds: Annotated[str, typer.Option("--thresholds", help="exact (every cut) or grid (official)")] = "exact",
     seed: Annotated[int, typer.Option("--seed", help="seed of generated pairs for a labelled folder")] = 0,
-    name: Annotated[str | None, typer.Option("--name", help="set name in metrics (default from PAIRS)")] = None,
+    name: NameOption = None,
     batch_size: BatchOption = 128,
     workers: WorkersOption = 0,
     device: DeviceOption = "auto",
@@ -81,50 +71,38 @@ def verify(
     experiment: ExperimentOption = "lafs-eval",
 ) -> None:
     """10-fold verification accuracy (mean +- std), TAR@FAR, AUC and the ROC of a checkpoint on a pair set."""
-    from lafs_core.errors import ConfigError
-    from lafs_core.eval.pairsets import load_pair_set
-    from lafs_core.eval.probe import verify_pair_set
-    from lafs_core.eval.report import log_to_mlflow, write_report
+    from data_tools.pairsets import load_pair_set
+    from lafs_core.eval.report import mlflow_metrics, set_name
+    from lafs_core.eval.verify import verify as verify_model
+    from lafs_core.models.checkpoint import inference_model
 
-    for value, allowed, option in (
-        (align, ("auto", "lfw-deepfunneled", "none", "detect"), "--align"),
-        (metric, ("sq_l2", "cosine"), "--metric"),
-        (thresholds, ("exact", "grid"), "--thresholds"),
-    ):
-        if value not in allowed:
-            raise ConfigError(f"{option} must be one of {', '.join(allowed)}, not {value!r}")
+    _check_choice(align, ("auto", "lfw-deepfunneled", "none", "detect"), "--align")
+    _check_choice(metric, ("sq_l2", "cosine"), "--metric")
+    _check_choice(thresholds, ("exact", "grid"), "--thresholds")
     if align == "detect":
         from data_tools.detect import default_detector
 
         default_detector()  # the install hint now, not from inside a decoding worker
     pair_set = load_pair_set(pairs, images, align, seed)  # type: ignore[arg-type]
-    set_label = name or pair_set.name
-    dev = torch_device(device)
-    face_model = load_model(model, dev)
-    console.print(f"{set_label}: {len(pair_set)} pairs, {len(pair_set.images)} images, {pair_set.fold_rule} folds")
-    verified = verify_pair_set(
-        face_model,
+    label = name or pair_set.name
+    console.print(f"{label}: {len(pair_set)} pairs, {len(pair_set.images)} images, {pair_set.fold_rule} folds")
+    verified = verify_model(
+        inference_model(model, device),
         pair_set,
         batch_size,
         workers,
-        metric,  # type: ignore[arg-type]
-        thresholds,  # type: ignore[arg-type]
-        autocast_dtype=autocast_dtype(dev),
-        progress=True,
+        metric,
+        thresholds,
+        progress=True,  # type: ignore[arg-type]
     )
-    report = verified.report(
-        set_label, model=str(model), source=pair_set.source, fold_rule=pair_set.fold_rule, thresholds=thresholds
+    report, json_path, png_path = verified.write(
+        json_out or _default_out(model, label), label, model=str(model), thresholds=thresholds
     )
-    json_path, png_path = write_report(
-        report, json_out or _default_out(model, set_label), verified.result.fpr, verified.result.tpr
-    )
-    with _mlflow_run(mlflow_log, experiment, f"eval-{set_label}") as logging_on:
-        if logging_on:
-            log_to_mlflow(report, (json_path, png_path))
+    _log_report(mlflow_log, experiment, f"eval-{label}", mlflow_metrics(report), (json_path, png_path), set_name(label))
     res = verified.result
     tars = ", ".join(f"TAR@FAR={k} {v:.4f}" for k, v in report["tar_at_far"].items())
     console.print(
-        f"[bold]{set_label}[/]: accuracy {res.accuracy_mean * 100:.2f} +- {res.accuracy_std * 100:.2f} % "
+        f"[bold]{label}[/]: accuracy {res.accuracy_mean * 100:.2f} +- {res.accuracy_std * 100:.2f} % "
         f"({res.pairs} pairs, {res.folds} folds), AUC {res.auc:.4f}, {tars}",
         highlight=False,
     )
@@ -149,8 +127,8 @@ def identify(
     fpir: Annotated[list[float] | None, typer.Option("--fpir", help="FPIR of a TPIR figure (repeat)")] = None,
     rank: Annotated[list[int] | None, typer.Option("--rank", min=1, help="CMC rank (repeat)")] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the gallery/probe split")] = 0,
-    name: Annotated[str | None, typer.Option("--name", help="set name in metrics (default from DATA)")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="report path")] = None,
+    name: NameOption = None,
+    json_out: JsonReport = None,
     batch_size: BatchOption = 128,
     workers: WorkersOption = 0,
     device: DeviceOption = "auto",
@@ -158,55 +136,42 @@ def identify(
     experiment: ExperimentOption = "lafs-eval",
 ) -> None:
     """1:N identification on a labelled source: rank-1 (CMC) and TPIR at FPIR with a seeded gallery/probe split."""
+    from data_tools.faces import open_faces
+    from data_tools.pairsets import named_source
     from lafs_core.errors import ConfigError, DataError
-    from lafs_core.eval.faces import open_faces, source_path
-    from lafs_core.eval.identification import (
-        DEFAULT_FPIRS,
-        DEFAULT_RANKS,
-        identification_metrics,
-        identification_report,
-        identify_source,
-    )
+    from lafs_core.eval import identification as ident
     from lafs_core.eval.report import set_name, write_json
+    from lafs_core.models.checkpoint import inference_model
+    from lafs_core.precision import autocast_dtype
 
-    fpirs = tuple(fpir or DEFAULT_FPIRS)
+    fpirs = tuple(fpir or ident.DEFAULT_FPIRS)
     if not all(0.0 < f < 1.0 for f in fpirs):
         raise ConfigError(f"--fpir values must be in (0, 1), not {list(fpirs)}")
-    dev = torch_device(device)
-    face_model = load_model(model, dev)
+    face_model = inference_model(model, device)
     faces = open_faces(data, align, face_model.cfg.image_size)
     labels = [e.label for e in faces.entries]
     if max(labels) < 1:
-        raise DataError(source_path(data), "identification needs labelled images of at least two identities")
+        raise DataError(named_source(data), "identification needs labelled images of at least two identities")
     label = name or set_name(Path(data).name)
+    amp = autocast_dtype("auto", next(face_model.parameters()).device)
     try:
-        found = identify_source(
-            face_model,
-            faces,
-            labels,  # type: ignore[arg-type]
-            gallery_per_id,
-            unenrolled,
-            seed,
-            batch_size,
-            workers,
-            fpirs,
-            tuple(rank or DEFAULT_RANKS),
-            autocast_dtype(dev),
-            progress=True,
-        )
+        found = ident.identify_source(
+            face_model, faces, labels, gallery_per_id, unenrolled, seed, batch_size, workers, fpirs,  # type: ignore[arg-type]
+            tuple(rank or ident.DEFAULT_RANKS), amp, progress=True,
+        )  # fmt: skip
     except ValueError as exc:
-        raise DataError(source_path(data), str(exc)) from None
-    report = identification_report(
-        found, label, model=str(model), source=str(source_path(data)), align=align, seed=seed,
+        raise DataError(named_source(data), str(exc)) from None
+    report = ident.identification_report(
+        found, label, model=str(model), source=str(named_source(data)), align=align, seed=seed,
         gallery_per_identity=gallery_per_id, unenrolled_fraction=unenrolled,
     )  # fmt: skip
     json_path = write_json(report, json_out or _default_out(model, f"{label}_identify"))
-    with _mlflow_run(mlflow_log, experiment, f"identify-{label}") as logging_on:
-        if logging_on:
-            import mlflow
+    metrics = ident.identification_metrics(report, set_name(label))
+    _log_report(mlflow_log, experiment, f"identify-{label}", metrics, (json_path,), set_name(label))
+    _print_identification(label, found, json_path)
 
-            mlflow.log_metrics(identification_metrics(report, set_name(label)))
-            mlflow.log_artifact(str(json_path), artifact_path=f"eval/{set_name(label)}")
+
+def _print_identification(label: str, found: Any, json_path: Path) -> None:
     res = found.result
     cmc = ", ".join(f"rank-{k} {v * 100:.2f} %" for k, v in res.cmc.items())
     tpirs = ", ".join(f"TPIR@FPIR={f:g} {v * 100:.2f} %" for f, v in res.tpir.items()) or "no non-mated probes"
@@ -225,7 +190,7 @@ def ijb(
     model: ModelOption,
     root: Annotated[Path, typer.Option("--root", help="IJB folder with loose_crop/ and meta/")],
     name: Annotated[str | None, typer.Option("--name", help="ijbb or ijbc (default: from meta/)")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="report path (ROC PNG beside it)")] = None,
+    json_out: JsonReport = None,
     norm_score: Annotated[
         bool, typer.Option("--norm-score/--no-norm-score", help="keep feature norms as quality weights (official)")
     ] = True,
@@ -240,38 +205,27 @@ def ijb(
     experiment: ExperimentOption = "lafs-eval",
 ) -> None:
     """IJB-B/C 1:1 template verification: TAR at FAR 1e-6 ... 1e-1 (headline 1e-4)."""
-    from lafs_core.errors import ConfigError
+    from data_tools.readers.ijb import open_ijb
     from lafs_core.eval.ijb import evaluate_ijb
-    from lafs_core.eval.report import ijb_report, log_to_mlflow, write_report
+    from lafs_core.eval.report import ijb_report, mlflow_metrics, set_name, write_report
+    from lafs_core.models.checkpoint import inference_model
+    from lafs_core.precision import autocast_dtype
 
-    if tar_rule not in ("interp", "nearest"):
-        raise ConfigError(f"--tar-rule must be interp or nearest, not {tar_rule!r}")
-    dev = torch_device(device)
-    face_model = load_model(model, dev)
+    _check_choice(tar_rule, ("interp", "nearest"), "--tar-rule")
+    face_model = inference_model(model, device)
+    set_label, meta, faces = open_ijb(root, name)
     result = evaluate_ijb(
-        face_model,
-        root,
-        name,
-        batch_size,
-        workers,
-        use_norm_score=norm_score,
-        use_detector_score=detector_score,
-        tar_method=tar_rule,  # type: ignore[arg-type]
-        autocast_dtype=autocast_dtype(dev),
-        progress=True,
-    )
+        face_model, set_label, meta, faces, batch_size, workers,
+        use_norm_score=norm_score, use_detector_score=detector_score, tar_method=tar_rule,  # type: ignore[arg-type]
+        autocast_dtype=autocast_dtype("auto", next(face_model.parameters()).device), progress=True,
+    )  # fmt: skip
     report = ijb_report(
-        result,
-        model=str(model),
-        root=str(root),
-        norm_score=norm_score,
-        detector_score=detector_score,
+        result, model=str(model), root=str(root), norm_score=norm_score, detector_score=detector_score,
         tar_rule=tar_rule,
-    )
+    )  # fmt: skip
     json_path, png_path = write_report(report, json_out or _default_out(model, result.name), result.fpr, result.tpr)
-    with _mlflow_run(mlflow_log, experiment, f"eval-{result.name}") as logging_on:
-        if logging_on:
-            log_to_mlflow(report, (json_path, png_path))
+    files = (json_path, png_path)
+    _log_report(mlflow_log, experiment, f"eval-{result.name}", mlflow_metrics(report), files, set_name(result.name))
     tars = ", ".join(f"{k}: {v * 100:.2f}" for k, v in report["tar_at_far"].items())
     console.print(
         f"[bold]{result.name}[/]: {result.pairs} pairs, {result.templates} templates; TAR (%) at FAR {tars}",

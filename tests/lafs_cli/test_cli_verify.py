@@ -10,7 +10,7 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from lafs_core.cli.main import app
+from lafs_cli.main import app
 from lafs_core.config import load_config
 from lafs_core.config.loader import StageConfig
 from lafs_core.env import shared_datasets
@@ -53,7 +53,7 @@ def test_verify_lfw_view1_writes_report_png_and_mlflow_metrics(tiny_checkpoint, 
 
 
 def test_verify_reports_bad_input_as_one_line(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    from lafs_core.cli.main import main
+    from lafs_cli.main import main
 
     bad = tmp_path / "pairs.txt"
     bad.write_text("500\nAaron 1\n")

@@ -1,1 +1,0 @@
-"""The ``lafs`` command line: one sub-command per stage."""
