@@ -134,3 +134,77 @@ def select_fewshot(
     return FewShotSubset(
         str(folder.root.resolve()), k, seed, exclusion, sum(map(len, pool.values())), len(pool), entries
     )
+
+
+VAL_PAIRS = 500
+
+
+@dataclass(frozen=True)
+class ValidationPairs:
+    """Tuning pairs of the lfw-v1 protocol: people in neither the k-shot set nor the test pairs (protocols.md 1.5)."""
+
+    people: list[str]
+    same: list[tuple[str, int, int]]
+    different: list[tuple[str, int, str, int]]
+
+    def lines(self) -> list[str]:
+        """An LFW View-1 pair file: ``n``, n same pairs ``name i j``, n different pairs ``name1 i name2 j``."""
+        same = [f"{name}\t{i}\t{j}" for name, i, j in self.same]
+        different = [f"{a}\t{i}\t{b}\t{j}" for a, i, b, j in self.different]
+        return [str(len(self.same)), *same, *different]
+
+    def write(self, path: str | Path) -> Path:
+        """Write the pair file atomically; read it back with ``data_tools.readers.pairs.read_pairs``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("\n".join(self.lines()) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def lfw_image_number(key: str) -> int:
+    """The 1-based image number of an LFW key ``<name>/<name>_<i:04d>.jpg`` (what LFW pair files refer to)."""
+    stem = Path(key).stem
+    try:
+        return int(stem.rsplit("_", 1)[1])
+    except (IndexError, ValueError) as exc:
+        raise DataError(key, "not an LFW image name <name>_<number>.jpg (validation pairs use LFW pair files)") from exc
+
+
+def select_validation_pairs(
+    root: str | Path | ImageFolder,
+    k: int,
+    exclude_pairs: str | Path,
+    count: int = VAL_PAIRS,
+    seed: int = 0,
+) -> ValidationPairs:
+    """``count`` same and ``count`` different pairs of pool people with 2 .. k-1 images, chosen with ``seed``.
+
+    Those people have too few images for the k-shot set and are not in ``exclude_pairs`` (the test pairs), so
+    tuning on these pairs never looks at a test person or a training image. One same pair per validation person
+    (two of their images), and ``count`` distinct different pairs between validation people. Their images must also
+    stay out of the SSL pool: pass the written pair file to ``lafs data shards --exclude-pairs`` too.
+    """
+    folder = root if isinstance(root, ImageFolder) else ImageFolder(Path(root))
+    pool = pool_by_identity(folder, read_pairs(exclude_pairs, images_root=folder.root).people())
+    candidates = sorted(name for name, keys in pool.items() if 2 <= len(keys) < k)
+    if len(candidates) < count:
+        raise DataError(
+            folder.root,
+            f"only {len(candidates)} pool people have 2..{k - 1} images; {count} validation pairs need {count} "
+            "(use a larger k or fewer pairs)",
+        )
+    rng = np.random.default_rng([seed, VAL_PAIRS])
+    people = [candidates[i] for i in np.sort(rng.choice(len(candidates), count, replace=False))]
+    numbers = {name: [lfw_image_number(key) for key in pool[name]] for name in people}
+    same = []
+    for name in people:
+        first, second = np.sort(rng.choice(numbers[name], 2, replace=False))
+        same.append((name, int(first), int(second)))
+    different: set[tuple[str, int, str, int]] = set()
+    while len(different) < count:
+        a, b = np.sort(rng.choice(count, 2, replace=False))
+        first, second = people[a], people[b]
+        different.add((first, int(rng.choice(numbers[first])), second, int(rng.choice(numbers[second]))))
+    return ValidationPairs(people, same, sorted(different))

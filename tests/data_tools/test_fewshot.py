@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from data_tools.fewshot import load_fewshot, select_fewshot
+from data_tools.fewshot import load_fewshot, select_fewshot, select_validation_pairs
 from data_tools.readers.image_folder import ImageFolder
 from data_tools.readers.pairs import read_pairs
-from lafs_core.cli.main import app
+from lafs_cli.main import app
+from lafs_core.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,23 @@ def test_cli_writes_a_reloadable_list(tmp_path: Path, lfw_root: Path, dev_test: 
     assert subset.exclude_pairs is not None and len(str(subset.exclude_pairs["sha256"])) == 64
     assert all((lfw_root / e.path).is_file() for e in subset.entries)
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_validation_pairs_avoid_kshot_and_test_people(lfw: ImageFolder, dev_test: Path, tmp_path: Path) -> None:
+    val = select_validation_pairs(lfw, k=4, exclude_pairs=dev_test)
+    assert len(val.people) == len(set(val.people)) == 500
+    kshot = {e.identity for e in select_fewshot(lfw, k=4, seed=0, exclude_pairs=dev_test).entries}
+    assert not set(val.people) & (kshot | read_pairs(dev_test).people())
+    parsed = read_pairs(val.write(tmp_path / "pairs_val.txt"), lfw.root, check_files=True)
+    assert [p.same for p in parsed.pairs] == [True] * 500 + [False] * 500
+    assert all(p.identity1 == p.identity2 and p.index1 != p.index2 for p in parsed.pairs[:500])
+    assert all(p.identity1 != p.identity2 for p in parsed.pairs[500:])
+    assert len({(p.path1, p.path2) for p in parsed.pairs[500:]}) == 500
+    assert parsed.people() == set(val.people)
+    assert val == select_validation_pairs(lfw, k=4, exclude_pairs=dev_test)
+    assert val != select_validation_pairs(lfw, k=4, exclude_pairs=dev_test, seed=1)
+
+
+def test_validation_pairs_need_enough_people(lfw: ImageFolder, dev_test: Path) -> None:
+    with pytest.raises(DataError, match=r"only 0 pool people have 2\.\.1 images"):
+        select_validation_pairs(lfw, k=2, exclude_pairs=dev_test)
