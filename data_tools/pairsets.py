@@ -49,8 +49,28 @@ def named_source(spec: str | Path) -> Path:
     return shared_datasets() / rel if rel else Path(spec)
 
 
+# The lfw-v1 validation pairs (protocols.md 1.5): people of the pool with 2..k-1 images, k = 4, seed 0.
+VALIDATION_SET = "lfw-v1-val"
+LFW_IMAGES = "lfw_deepfunneled/lfw-deepfunneled"
+
+
+def validation_pair_file() -> Path:
+    """The ``lfw-v1-val`` pair file, made from the shared LFW by its rule once and kept under ``<home>/.cache``."""
+    from data_tools.fewshot import select_validation_pairs
+    from lafs_core.env import project_home
+
+    path = project_home() / ".cache" / "pairs" / f"{VALIDATION_SET}.txt"
+    if not path.is_file():
+        test = shared_datasets() / NAMED_SETS["lfw-v1"][0]
+        select_validation_pairs(shared_datasets() / LFW_IMAGES, 4, test).write(path)
+    return path
+
+
 def named_pair_file(spec: str | Path) -> Path:
-    """``spec`` as a path; the names of the shared LFW pair files (``lfw-v1``, ``lfw-v2``) resolve."""
+    """``spec`` as a path; the names of the shared LFW pair files (``lfw-v1``, ``lfw-v2``) and of the lfw-v1
+    validation pairs (``lfw-v1-val``) resolve."""
+    if str(spec) == VALIDATION_SET:
+        return validation_pair_file()
     rel, images = NAMED_SETS.get(str(spec), ("", ""))
     return shared_datasets() / rel if rel and images else Path(spec)
 
@@ -196,11 +216,15 @@ def load_pair_set(
     seed: int = 0,
     max_same: int = MAX_SAME_PAIRS,
 ) -> PairSet:
-    """A pair set from a name (``lfw-v1``, ``lfw-v2``, ``att``, ``yaleb``, ``yale``), a ``.bin``, an LFW pair
-    file or a labelled image folder. ``align="auto"``: the LFW deep-funneled crop for LFW pair files, else none.
+    """A pair set from a name (``lfw-v1``, ``lfw-v1-val``, ``lfw-v2``, ``att``, ``yaleb``, ``yale``), a ``.bin``, an
+    LFW pair file or a labelled image folder. ``align="auto"``: the LFW deep-funneled crop for LFW pair files, else
+    none.
     """
     name = None
-    if str(spec) in NAMED_SETS:
+    if str(spec) == VALIDATION_SET:
+        name, spec = VALIDATION_SET, validation_pair_file()
+        images = images or shared_datasets() / LFW_IMAGES
+    elif str(spec) in NAMED_SETS:
         name = str(spec)
         rel, rel_images = NAMED_SETS[name]
         spec = shared_datasets() / rel

@@ -33,6 +33,7 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
         "labelled": "lfw",
         "k": 4,
         "exclude_pairs": "lfw-v1",
+        "validation_pairs": "lfw-v1-val",
         "align": "lfw-deepfunneled",
         "landmarks": "train",
         "eval_sets": [{"data": "lfw-v1"}],
@@ -73,29 +74,44 @@ class Chain:
         return Path(str(self.params.work_dir))
 
     def write_subsets(self) -> Subsets:
-        """The k-shot list of the labelled source (k images of each identity with at least k, the excluded pair
-        file's people left out, cut to the first ``kshot_identities``), written under ``work/subsets``."""
+        """The k-shot list of the labelled source (k images of each identity with at least k, the people of the
+        excluded and the validation pairs left out, cut to the first ``kshot_identities``), written under
+        ``work/subsets``."""
         p = self.params
         if p.k is None:
             return Subsets(None)
         from data_tools.fewshot import select_fewshot
+        from data_tools.shards.sources import pair_file_people
 
         kshot = select_fewshot(p.labelled, p.k, p.seed, exclude_pairs=p.exclude_pairs)
+        validation = pair_file_people(self.validation_file())
+        entries = [e for e in kshot.entries if e.identity not in validation]
         if p.kshot_identities:
-            kshot = replace(kshot, entries=[e for e in kshot.entries if e.label < p.kshot_identities])
+            entries = [e for e in entries if e.label < p.kshot_identities]
+        kshot = replace(kshot, entries=entries)
         return Subsets(str(kshot.write(self.work / "subsets" / f"kshot-k{p.k}.json")))
+
+    def validation_file(self) -> str | None:
+        """The validation pair file (a named set such as ``lfw-v1-val`` resolved), or None."""
+        from data_tools.pairsets import named_pair_file
+
+        pairs = self.params.validation_pairs
+        return str(named_pair_file(pairs)) if pairs else None
+
+    def held_out(self) -> list[str]:
+        """The pair files whose people no training set may contain: the excluded (test) and validation pairs."""
+        return [f for f in (self.params.exclude_pairs, self.validation_file()) if f]
 
     def kshot_shards(self, subsets: Subsets) -> ShardsParams:
         """The labelled (k-shot) set with grid landmarks: the landmark model's and fine-tuning's training data."""
         p = self.params
         source = subsets.kshot or p.labelled
-        exclude = None if subsets.kshot else p.exclude_pairs
         return ShardsParams(
             source=source,
             out_dir=str(self.work / "shards" / "kshot"),
             preset=p.preset,
             align=p.align,
-            exclude_pairs=exclude,
+            exclude_pairs=[] if subsets.kshot else self.held_out(),
             name="shards-kshot",
         )
 
@@ -133,16 +149,17 @@ class Chain:
             align=p.align,
             landmarks=f"cnn:{landmark_cnn}" if landmark_cnn else "grid",
             max_inputs=p.pool_images,
-            exclude_pairs=None if on_labelled else p.exclude_pairs,
+            exclude_pairs=[] if on_labelled else self.held_out(),
             name="shards-pool",
         )
 
     def pretrain(self, pool_dir: str, out_dir: str | None = None, overrides: tuple[str, ...] = ()) -> PretrainParams:
         """LAFS pretraining on the pool (``overrides`` after the pipeline's: e.g. a method or seed of a row)."""
         p = self.params
+        probe = [f"probe_set={p.validation_pairs}"] if p.validation_pairs else []
         return PretrainParams(
             preset=p.preset,
-            overrides=[f"seed={p.seed}", *p.pretrain_overrides, *overrides],
+            overrides=[f"seed={p.seed}", *probe, *p.pretrain_overrides, *overrides],
             out_dir=out_dir or str(self.work / "pretrain"),
             shards=pool_dir,
             launch=p.pretrain_launch,
@@ -156,12 +173,14 @@ class Chain:
         out_dir: str | None = None,
         overrides: tuple[str, ...] = (),
     ) -> FinetuneParams:
-        """Few-shot fine-tuning from the teacher (None: a random ViT) and the landmark CNN, no validation set (the
-        evaluation sets are the test sets; nothing is chosen on them)."""
+        """Few-shot fine-tuning from the teacher (None: a random ViT) and the landmark CNN, verified on the
+        validation pairs when there are some (the learning curve; the evaluation sets are the test sets and nothing
+        is chosen on them: the last checkpoint is evaluated)."""
         p = self.params
+        validation = f"val_pairs=[{p.validation_pairs}]" if p.validation_pairs else "val_pairs=[]"
         return FinetuneParams(
             preset=p.preset,
-            overrides=["val_pairs=[]", f"seed={p.seed}", *p.finetune_overrides, *overrides],
+            overrides=[validation, f"seed={p.seed}", *p.finetune_overrides, *overrides],
             out_dir=out_dir or str(self.work / "finetune"),
             shards=kshot_dir,
             init_backbone=teacher,

@@ -73,7 +73,9 @@ class ShardsParams(_Params):
     shard_size: int | None = Field(None, ge=1, description="samples per shard (None = the config default)")
     max_inputs: int | None = Field(None, ge=1, description="keep a seeded sample of at most N inputs")
     fewshot: str | None = Field(None, description="keep only the images of this subset list (lafs data fewshot)")
-    exclude_pairs: str | None = Field(None, description="drop every person named in this LFW pair file")
+    exclude_pairs: list[str] = Field(
+        default_factory=list, description="drop every person named in these LFW pair files"
+    )
     overrides: list[str] = Field(default_factory=list, description="key=value overrides of the shards config")
     name: str = Field("shards", description="run name in MLflow (several shard sets in one pipeline)")
 
@@ -91,8 +93,8 @@ class ShardsParams(_Params):
         """``lafs data shards`` arguments that write this shard set."""
         args = ["data", "shards", self.source, self.out_dir, "--preset", self.preset]
         args += [arg for extra in self.also for arg in ("--also", extra)]
-        for option, value in (("--fewshot", self.fewshot), ("--exclude-pairs", self.exclude_pairs)):
-            args += [option, value] if value else []
+        args += ["--fewshot", self.fewshot] if self.fewshot else []
+        args += [arg for pairs in self.exclude_pairs for arg in ("--exclude-pairs", pairs)]
         return [*args, *self.config_overrides(), "--json"]
 
 
@@ -180,6 +182,11 @@ class PipelineParams(_Params):
     )
     exclude_pairs: str | None = Field(
         None, description="a pair file (or lfw-v1/lfw-v2) whose people are left out of every training set"
+    )
+    validation_pairs: str | None = Field(
+        None,
+        description="tuning pairs (a pair file, or lfw-v1-val): fine-tuning is verified on them (learning curve) and "
+        "their people are left out of pretraining too",
     )
     align: Align = Field("none", description="alignment of the training images")
     landmarks: str = Field(

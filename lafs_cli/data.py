@@ -76,14 +76,28 @@ def fewshot_command(
     exclude_pairs: Annotated[
         Path | None, typer.Option("--exclude-pairs", help="leave out every person of this LFW pair file")
     ] = None,
+    val_pairs: Annotated[
+        Path | None,
+        typer.Option(
+            "--val-pairs",
+            help="also write tuning pairs (LFW pair file): 500 same + 500 different pairs of pool people with 2..k-1 "
+            "images (protocols.md 1.5); needs --exclude-pairs; leave their people out of pretraining with a second "
+            "--exclude-pairs of `lafs data shards`",
+        ),
+    ] = None,
     layout: LayoutOption = "auto",
     json_out: JsonOption = False,
 ) -> None:
     """Choose k images per identity with a fixed seed and write the list (lfw-v1: --exclude-pairs pairsDevTest.txt)."""
-    from data_tools.fewshot import select_fewshot
+    from data_tools.fewshot import select_fewshot, select_validation_pairs
+    from lafs_core.errors import ConfigError
 
+    if val_pairs is not None and exclude_pairs is None:
+        raise ConfigError("--val-pairs needs --exclude-pairs (the test pairs the validation people must avoid)")
     subset = select_fewshot(root, k=k, seed=seed, exclude_pairs=exclude_pairs, layout=layout)  # type: ignore[arg-type]
     subset.write(out)
+    if val_pairs is not None and exclude_pairs is not None:
+        select_validation_pairs(root, k, exclude_pairs, seed=seed).write(val_pairs)
     summary = {
         "out": str(out),
         "k": subset.k,
@@ -93,6 +107,7 @@ def fewshot_command(
         "identities": subset.identities,
         "images": len(subset.entries),
         "excluded_people": (subset.exclude_pairs or {}).get("people_in_folder", 0),
+        "val_pairs": str(val_pairs) if val_pairs else None,
     }
     if json_out:
         print_json(summary)
@@ -100,5 +115,5 @@ def fewshot_command(
     typer.echo(
         f"pool {summary['pool_images']} images / {summary['pool_identities']} identities "
         f"({summary['excluded_people']} excluded people); chose k={k}: {summary['identities']} identities, "
-        f"{summary['images']} images -> {out}"
+        f"{summary['images']} images -> {out}" + (f"; validation pairs -> {val_pairs}" if val_pairs else "")
     )

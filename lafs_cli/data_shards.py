@@ -21,7 +21,9 @@ def shards(
     shard_size: Annotated[int | None, typer.Option(help="samples per shard")] = None,
     workers: Annotated[int | None, typer.Option(help="decode/align/encode worker processes")] = None,
     fewshot: Annotated[Path | None, typer.Option(help="keep only the images of this few-shot list")] = None,
-    exclude_pairs: Annotated[Path | None, typer.Option(help="drop every person named in this pair file")] = None,
+    exclude_pairs: Annotated[
+        list[Path] | None, typer.Option(help="drop every person named in this pair file (repeatable)")
+    ] = None,
     shard: Annotated[list[int] | None, typer.Option(help="run only these shard jobs (repeatable)")] = None,
     config: ConfigOption = None,
     preset: PresetOption = None,

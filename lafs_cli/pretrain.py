@@ -49,10 +49,12 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         import logging
 
+        from data_tools.pairsets import load_pair_set
         from lafs_core.train.pretrain import train
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        summary = train(cfg)
+        probe = load_pair_set(cfg.probe_set) if cfg.probe_set and cfg.probe_every else None
+        summary = train(cfg, probe)
         if summary["rank"] != 0:
             return
         teacher = summary["artifacts"].get("teacher")

@@ -49,12 +49,12 @@ class GridSource(LandmarkSource):
     uses_pixels = False
 
     def __init__(self, num_landmarks: int, image_size: int = 112, convention: str = "centered") -> None:
-        from lafs_core.models.sampler import grid_landmarks
+        from lafs_core.models.sampler import landmark_layout
 
         side = square_side(num_landmarks)
         if image_size % side:
             raise ConfigError(f"image size {image_size} is not divisible by the grid side {side}")
-        self.grid = grid_landmarks(image_size, image_size // side, convention).numpy().astype(np.float32)
+        self.grid = landmark_layout(num_landmarks, image_size, convention).numpy().astype(np.float32)
         self.spec = "grid"
         self.num_landmarks = num_landmarks
         self.image_size = image_size

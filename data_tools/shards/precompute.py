@@ -33,7 +33,7 @@ from data_tools.shards.landmark_sources import LandmarkSource, flip_permutation,
 from data_tools.shards.lock import JOB_LOCKS, OutputLockedError, folder_lock, shard_locks
 from data_tools.shards.manifest import landmark_stats_batch, write_info, write_manifest
 from data_tools.shards.prepare import Prepared, Preparer, prepared_inputs
-from data_tools.shards.sources import Entry, FaceSource, open_sources
+from data_tools.shards.sources import Entry, FaceSource, PairFiles, open_sources
 from data_tools.shards.writer import ShardSample, atomic_write_bytes, file_sha256, write_shard
 from lafs_core.config.data import ShardsConfig
 from lafs_core.config.loader import config_to_dict
@@ -337,7 +337,7 @@ def precompute(
     cfg: ShardsConfig,
     *,
     fewshot: str | Path | None = None,
-    exclude_pairs: str | Path | None = None,
+    exclude_pairs: PairFiles = None,
     shard_ids: list[int] | None = None,
     progress: Progress | None = None,
     on_plan: Callable[[Plan], None] | None = None,
@@ -381,7 +381,7 @@ def make_output_folder(out_dir: Path) -> None:
 
 
 def _open_inputs(
-    source_path: Sources, cfg: ShardsConfig, fewshot: str | Path | None, exclude_pairs: str | Path | None
+    source_path: Sources, cfg: ShardsConfig, fewshot: str | Path | None, exclude_pairs: PairFiles
 ) -> tuple[FaceSource, LandmarkSource]:
     paths = [source_path] if isinstance(source_path, str | Path) else list(source_path)
     source = open_sources(paths, fewshot=fewshot, exclude_pairs=exclude_pairs)
@@ -401,7 +401,7 @@ def plan_shards(
     cfg: ShardsConfig,
     *,
     fewshot: str | Path | None = None,
-    exclude_pairs: str | Path | None = None,
+    exclude_pairs: PairFiles = None,
 ) -> Plan:
     """The plan alone (no decoding), so a scheduler can map ``precompute(..., shard_ids=[i])`` jobs over shards."""
     source, landmarks = _open_inputs(source_path, cfg, fewshot, exclude_pairs)

@@ -96,11 +96,23 @@ def _stream_entries(reader: FaceReader) -> tuple[list[Entry], Callable[[Entry, s
     return entries, lambda entry, channel_order: in_order(images[entry.key], channel_order)
 
 
-def pair_file_people(path: str | Path) -> set[str]:
-    """Every person named in an LFW-style pair file."""
+PairFiles = str | Path | Sequence[str | Path] | None
+
+
+def pair_file_list(files: PairFiles) -> list[Path]:
+    """``files`` as a list of paths (one path, several, or none)."""
+    if files is None:
+        return []
+    if isinstance(files, str | Path):
+        return [Path(files)]
+    return [Path(f) for f in files]
+
+
+def pair_file_people(files: PairFiles) -> set[str]:
+    """Every person named in one or several LFW-style pair files."""
     from data_tools.readers.pairs import read_pairs
 
-    return set(read_pairs(path).people())
+    return {person for path in pair_file_list(files) for person in read_pairs(path).people()}
 
 
 def fewshot_list(path: str | Path) -> tuple[Path, set[str]]:
@@ -131,12 +143,11 @@ def relabel(entries: list[Entry]) -> list[Entry]:
     return [replace(e, label=label_of[e.identity] if e.identity is not None else -1) for e in entries]
 
 
-def open_source(
-    path: str | Path, fewshot: str | Path | None = None, exclude_pairs: str | Path | None = None
-) -> FaceSource:
+def open_source(path: str | Path, fewshot: str | Path | None = None, exclude_pairs: PairFiles = None) -> FaceSource:
     """List ``path`` with the matching reader, apply the filters and return the planned source.
 
-    ``path`` may itself be a few-shot list; its image root is then read and filtered by the list.
+    ``path`` may itself be a few-shot list; its image root is then read and filtered by the list. ``exclude_pairs``:
+    one or several pair files whose people are left out (e.g. the test pairs and the validation pairs).
     """
     if is_fewshot_list(path):
         fewshot, path = path, fewshot_list(path)[0]
@@ -154,10 +165,10 @@ def open_source(
         keep = fewshot_list(fewshot)[1]
         entries = [e for e in entries if e.key in keep]
         description["fewshot"] = str(Path(fewshot).resolve())
-    if exclude_pairs is not None:
-        people = pair_file_people(exclude_pairs)
+    if excluded := pair_file_list(exclude_pairs):
+        people = pair_file_people(excluded)
         entries = [e for e in entries if e.identity not in people]
-        description["exclude_pairs"] = str(Path(exclude_pairs).resolve())
+        description["exclude_pairs"] = [str(f.resolve()) for f in excluded]
         description["excluded_people"] = len(people)
     if not entries:
         raise DataError(path, "no images left after filtering")
@@ -165,7 +176,7 @@ def open_source(
 
 
 def open_sources(
-    paths: Sequence[str | Path], fewshot: str | Path | None = None, exclude_pairs: str | Path | None = None
+    paths: Sequence[str | Path], fewshot: str | Path | None = None, exclude_pairs: PairFiles = None
 ) -> FaceSource:
     """:func:`open_source` of one path, or of several written as one set: keys and identities get the source's
     index as prefix (``s0-``, ``s1-``, ...), so nothing collides and people of different sources stay apart."""

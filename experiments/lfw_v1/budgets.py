@@ -33,7 +33,8 @@ class Budget:
     num_workers: int
     supervised_max_steps: int | None = None
     partfvit_max_steps: int | None = None
-    ssl_images: str = "pool"  # "pool": the 10,492-image pool; "kshot": the k-shot images only (labels unused)
+    ssl_images: str = "pool"  # "pool": the lfw-v1 pool; "kshot": the k-shot images only (labels unused)
+    curve_points: int = 10  # validation-pair checks per SSL and fine-tuning run (the learning curves)
 
     def scaled(self, scale: float) -> Budget:
         """The same budget with SSL steps and supervised epochs multiplied by ``scale`` (at least 1 each)."""
@@ -59,7 +60,7 @@ class Budget:
             f"warmup_epochs={max(epochs // 10, 1) if epochs > 1 else 0}",
             f"warmup_teacher_temp_epochs={max(epochs * 3 // 4, 0)}",
             f"num_workers={self.num_workers}",
-            "probe_every=0",
+            f"probe_every={max(self.pretrain_steps // self.curve_points, 1)}",
             f"checkpoint_every={max(self.pretrain_steps // 2, 1)}",
         ]
 
@@ -69,7 +70,7 @@ class Budget:
         return [*self.supervised_overrides(self.partfvit_epochs), *cut, "resume=auto"]
 
     def supervised_overrides(self, epochs: int) -> list[str]:
-        """Overrides shared by ``lafs partfvit`` and ``lafs finetune``: no validation on the test pairs."""
+        """Overrides shared by ``lafs partfvit`` and ``lafs finetune`` (nothing here looks at the test pairs)."""
         return [
             f"epochs={epochs}",
             f"global_batch_size={self.finetune_batch}",
@@ -77,29 +78,34 @@ class Budget:
             f"lr={self.lr}",
             f"warmup_epochs={1 if epochs > 2 else 0}",
             f"num_workers={self.num_workers}",
-            "val_pairs=[]",
-            "val_every=0",
             "log_model=false",
             "checkpoint_every=100000",
             *([f"max_steps={self.supervised_max_steps}"] if self.supervised_max_steps else []),
         ]
 
-    def finetune_overrides(self) -> list[str]:
-        """Fine-tuning overrides: the regulariser's staged weights rescaled to this epoch count."""
+    def finetune_overrides(self, samples: int) -> list[str]:
+        """Fine-tuning overrides: the validation-pair learning curve (``curve_points`` checks over the run, on a
+        labelled set of ``samples`` images) and the regulariser's staged weights rescaled to this epoch count."""
         epochs = self.finetune_epochs
+        steps = epochs * max(1, samples // self.finetune_batch)
         boundaries = [max(1, round(epochs * f)) for f in LANDMARK_REG_FRACTIONS]
-        return [*self.supervised_overrides(epochs), f"landmark_reg_boundaries=[{', '.join(map(str, boundaries))}]"]
+        return [
+            *self.supervised_overrides(epochs),
+            f"val_every={max(steps // self.curve_points, 1)}",
+            f"landmark_reg_boundaries=[{', '.join(map(str, boundaries))}]",
+        ]
 
 
 BUDGETS: dict[str, Budget] = {
     # End-to-end check of the wiring in a few minutes; the numbers mean nothing.
     "smoke": Budget(
-        "smoke", "tiny", 4, 2, 16, 2, 1, 1, 32, 32, 1e-3, 128, 1, supervised_max_steps=3, ssl_images="kshot"
-    ),
-    # 2 heavily shared CPU cores, under an hour: SSL on the 1,812 k-shot images, Part fViT cut at 114 of 224 steps.
-    "cpu": Budget("cpu", "tiny", 50, 4, 32, 4, 4, 1, 32, 32, 1e-3, 256, 1, partfvit_max_steps=114, ssl_images="kshot"),
-    # 2 quiet CPU cores, about 35 minutes for one seed (not yet run).
-    "cpu-full": Budget("cpu-full", "tiny", 200, 4, 32, 4, 4, 4, 32, 32, 1e-3, 256, 1),
-    # One GPU: the small preset, about 30 SSL epochs of the 10,492-image pool and 34 fine-tuning epochs.
+        "smoke", "tiny", 4, 2, 16, 2, 1, 1, 32, 32, 1e-3, 128, 1, supervised_max_steps=3, ssl_images="kshot",
+        curve_points=2,
+    ),  # fmt: skip
+    # 2 quiet CPU cores, at most an hour per seed (docs/results.md): Part fViT 20 epochs (once, ~4.5 min); per seed
+    # SSL 2,500 steps of 32 pool images (~8.5 passes over the pool; ~7 min, lafs-online ~13 min) and fine-tuning
+    # 40 epochs (~3 min) per row.
+    "cpu-full": Budget("cpu-full", "tiny", 2500, 10, 32, 4, 20, 40, 32, 32, 1e-3, 256, 1),
+    # One GPU: the small preset, about 30 SSL epochs of the pool and 34 fine-tuning epochs.
     "gpu": Budget("gpu", "small", 2500, 30, 128, 8, 34, 34, 128, 128, 2e-3, 512, 6),
 }

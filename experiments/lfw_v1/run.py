@@ -1,6 +1,6 @@
 """The lfw-v1 comparison (protocols.md 1 and 2) in one command, resumable stage by stage.
 
-    python -m experiments.lfw_v1.run --budget cpu --seeds 0 [--out DIR] [--scale 1.0]
+    python -m experiments.lfw_v1.run --budget cpu-full --seeds 0,1,2 [--out DIR] [--scale 1.0]
 
 The chain is the pipeline's (:class:`flows.chain.Chain` of the ``lfw-v1`` configuration, the one the pipeline flow
 runs), with this experiment's budget as stage overrides and four rows instead of one. Every stage is a ``lafs``
@@ -15,10 +15,11 @@ command run as a subprocess (its log in ``DIR/logs``; a finished stage is skippe
 5. per seed: ``lafs pretrain`` for dino-grid, lafs (precomputed landmarks) and lafs-online (the landmark CNN on
    every view), then ``lafs finetune`` of all four rows (scratch: random ViT) with the same budget;
 6. each fine-tuned ``last.pt`` is verified on the View-1 test pairs as soon as it exists, then all of them on AT&T
-   and Extended Yale B (balanced generated pairs, seed 0); the table is rewritten after every evaluation:
-   ``DIR/results.json`` and ``DIR/results.md``.
+   and Extended Yale B (balanced generated pairs, seed 0), beside the classical floors (raw pixels, LBP) on the same
+   pairs; the table is rewritten after every evaluation: ``DIR/results.json`` and ``DIR/results.md``.
 
-No stage looks at the test pairs during training (no validation sets, the last checkpoint is evaluated).
+No stage looks at the test pairs: the SSL probe and the fine-tuning learning curve use the validation pairs
+(``lfw-v1-val``, protocols.md 1.5), and the last checkpoint is evaluated.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from lafs_core.errors import LafsError
 log = logging.getLogger("lfw_v1")
 
 DATA_SEED = 0
+KSHOT_IMAGES = 1812  # the lfw-v1 4-shot set (protocols.md 1.1): sets the fine-tuning validation interval
 RUN_ORDER = ("scratch", "lafs", "dino-grid", "lafs-online")  # cheapest and headline rows first
 PRETRAINED = {"dino-grid": ("method=dino-grid",), "lafs": ("method=lafs",), "lafs-online": ("method=lafs",)}
 
@@ -144,7 +146,7 @@ def budget_chain(out: Path, budget: Budget) -> Chain:
         pretrain_on="labelled" if budget.ssl_images == "kshot" else "unlabelled",
         partfvit_overrides=budget.partfvit_overrides(),
         pretrain_overrides=budget.pretrain_overrides(),
-        finetune_overrides=budget.finetune_overrides(),
+        finetune_overrides=budget.finetune_overrides(KSHOT_IMAGES),
         eval_sets=[{"data": name} for name in SETS],
     )
     return Chain.of(params)
@@ -212,12 +214,31 @@ class Experiment:
             if (out_dir / f"{name}.json").exists():
                 continue
             spec: EvalSetParams = self.eval_sets[name]
-            if name not in self.pair_sets:
-                self.pair_sets[name] = load_eval_pairs(spec).cached()
+            pairs = self.pair_set(name)
             start = time.time()
-            pairs = self.pair_sets[name]
             metrics, _ = evaluate_checkpoint(str(checkpoint), spec, out_dir, self.budget.eval_batch, pairs)
             log.info("%s %s: accuracy %.4f (%.0f s)", checkpoint, name, metrics[f"{name}/acc"], time.time() - start)
+        self.write_results()
+
+    def pair_set(self, name: str) -> Any:
+        """The evaluation pair set ``name``, decoded once."""
+        if name not in self.pair_sets:
+            self.pair_sets[name] = load_eval_pairs(self.eval_sets[name]).cached()
+        return self.pair_sets[name]
+
+    def evaluate_floors(self) -> None:
+        """The classical floors (raw pixels, LBP) on every evaluation set, as rows of the table (no seed: fixed
+        descriptors, recorded as seed 0)."""
+        from experiments.baselines.classical import DESCRIPTORS, classical_report
+
+        for kind in DESCRIPTORS:
+            out_dir = self.out / "eval" / kind / "seed0"
+            for name in SETS:
+                path = out_dir / f"{name}.json"
+                if not path.exists():
+                    report = {**classical_report(self.pair_set(name), kind), "set": name}
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(report, indent=2) + "\n")
         self.write_results()
 
     # --- the whole experiment ----------------------------------------------------------------------------------
@@ -225,6 +246,7 @@ class Experiment:
     def run(self) -> dict[str, Any]:
         """Every stage in order; lfw-v1 right after each row, the cross-dataset checks once all rows are done."""
         kshot, landmark_cnn, pool = self.prepare()
+        self.evaluate_floors()
         finished = []
         for seed in self.seeds:
             for row in self.rows:
@@ -274,7 +296,7 @@ class Experiment:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line."""
     parser = argparse.ArgumentParser(prog="python -m experiments.lfw_v1.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="compute budget (budgets.py)")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu-full", help="compute budget (budgets.py)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply SSL steps and supervised epochs")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     parser.add_argument("--rows", default=",".join(RUN_ORDER), help="comma-separated rows, run in this order")

@@ -98,6 +98,11 @@ class PretrainConfig(StageConfig):
     log_every: int = Field(10, ge=1, description="steps between metric logs")
     probe_every: int = Field(200, ge=0, description="steps between live verification probes; 0 disables")
     probe_pairs: int = Field(200, ge=10, description="pairs (half same, half different) in the probe set")
+    probe_set: str | None = Field(
+        None,
+        description="pair set of the live probe (a name such as lfw-v1-val, a pair file, .bin or labelled folder), "
+        "read by `lafs pretrain`; null: probe_pairs labelled pairs of the shards",
+    )
     checkpoint_every: int = Field(500, ge=1, description="steps between periodic checkpoints")
     keep_checkpoints: int = Field(3, ge=1)
     resume: str | None = Field(None, description="'auto' (latest in output_dir), a checkpoint path, or none")

@@ -16,7 +16,9 @@ Landmarks are either the shards' precomputed ones mapped into each view (``"prec
 landmark CNN's prediction on every clean warped view (``"online"``, paper-exact: fp32, eval mode, no gradient).
 
 ``method="dino-grid"``: the regular-grid fViT with standard DINO multi-crop (method.md 7.7): globals at
-``image_size`` px, locals at ``dino_local_size`` px (48 px -> 36 grid tokens at patch 8), no landmark augmentation.
+``image_size`` px sampled at the regular layout of R landmarks (the non-overlapping patch grid when R = (image /
+patch)^2, as in the paper; the same R tokens as LAFS otherwise), locals at ``dino_local_size`` px on their patch grid
+(48 px -> 36 tokens at patch 8), no landmark augmentation.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from lafs_core.data.augment import recipe
 from lafs_core.data.normalize import normalize
 from lafs_core.data.views import Views, ViewSpec, crop_affine, random_boxes, render_views, sample_views
 from lafs_core.models.face_model import fixed_landmarks
-from lafs_core.models.sampler import grid_landmarks, sample_patches
+from lafs_core.models.sampler import grid_landmarks, landmark_layout, sample_patches
 
 
 @dataclass(frozen=True)
@@ -173,15 +175,19 @@ class SSLViewMaker:
     def _grid_views(self, images: torch.Tensor) -> SSLViews:
         cfg, mcfg = self.cfg, self.model_cfg
         batch, size = images.shape[0], mcfg.image_size
-        layout = [(cfg.global_views, size, cfg.global_crops_scale), (cfg.local_views, cfg.dino_local_size, None)]
+        global_grid = landmark_layout(mcfg.num_landmarks, size, self.convention)
+        local_grid = grid_landmarks(cfg.dino_local_size, mcfg.patch_size, self.convention)
+        layout = [
+            (cfg.global_views, size, cfg.global_crops_scale, global_grid),
+            (cfg.local_views, cfg.dino_local_size, cfg.dino_local_crops_scale, local_grid),
+        ]
         affines: list[torch.Tensor] = []
         points: list[torch.Tensor] = []
         sizes: list[int] = []
-        for count, view_size, scale in layout:
-            crop_scale = tuple(scale or cfg.dino_local_crops_scale)
-            grid = grid_landmarks(view_size, mcfg.patch_size, self.convention).to(images.device)
+        for count, view_size, crop_scale, grid in layout:
+            grid = grid.to(images.device)
             for _ in range(count):
-                boxes = random_boxes(batch, size, size, crop_scale, (3 / 4, 4 / 3), self.generator)
+                boxes = random_boxes(batch, size, size, tuple(crop_scale), (3 / 4, 4 / 3), self.generator)
                 flipped = torch.rand(batch, generator=self.generator) < 0.5
                 affines.append(crop_affine(boxes, flipped, view_size).to(images.device))
                 points.append(grid.expand(batch, -1, -1))

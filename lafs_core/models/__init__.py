@@ -6,7 +6,7 @@ from lafs_core.models.heads import DINOHead
 from lafs_core.models.landmark_cnn import LandmarkCNN
 from lafs_core.models.margin import ArcFace, CosFace, MarginHead, build_margin_head
 from lafs_core.models.partial_fc import PartialFC
-from lafs_core.models.sampler import grid_landmarks, grid_patches, sample_patches, warp_images
+from lafs_core.models.sampler import grid_landmarks, grid_patches, landmark_layout, sample_patches, warp_images
 from lafs_core.models.vit import GridFViT, PartFViT
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "build_margin_head",
     "grid_landmarks",
     "grid_patches",
+    "landmark_layout",
     "sample_patches",
     "warp_images",
 ]

@@ -6,12 +6,19 @@ from lafs_core.config.model import ModelConfig
 from lafs_core.models.face_model import FaceModel
 from lafs_core.models.heads import DINOHead
 from lafs_core.models.landmark_cnn import LandmarkCNN
+from lafs_core.models.sampler import landmark_layout
 from lafs_core.models.vit import PartFViT
 
 
 def build_landmark_cnn(cfg: ModelConfig) -> LandmarkCNN:
-    """The landmark CNN of ``cfg`` (R landmarks, width multiplier, head dropout)."""
-    return LandmarkCNN(cfg.num_landmarks, cfg.landmark_width, cfg.landmark_dropout, cfg.image_size)
+    """The landmark CNN of ``cfg`` (R landmarks, width multiplier, head dropout), predicting the regular layout
+    until trained when ``cfg.landmark_head_init == "layout"``."""
+    cnn = LandmarkCNN(
+        cfg.num_landmarks, cfg.landmark_width, cfg.landmark_dropout, cfg.image_size, cfg.landmark_margin()
+    )
+    if cfg.landmark_head_init == "layout":
+        cnn.start_at(landmark_layout(cfg.num_landmarks, cfg.image_size, cfg.sampler_convention))
+    return cnn
 
 
 def build_backbone(cfg: ModelConfig) -> PartFViT:

@@ -172,6 +172,9 @@ def infer_model_config(converted: ConvertedState) -> ModelConfig:
         "attn_scale": "dim",
         "sampler_convention": "official",
         "init": "official",
+        "pos_embed_init": "random",
+        "landmark_head_init": "default",
+        "landmark_range": "image",
     }
     if "landmark_cnn.output_layer.1.weight" in state:
         fields["num_landmarks"] = state["landmark_cnn.output_layer.1.weight"].shape[0] // 2

@@ -34,12 +34,18 @@ class FaceModel(nn.Module):
         self.landmark_cnn = landmark_cnn
 
     def predict_landmarks(self, images: torch.Tensor, affine: torch.Tensor | None = None) -> torch.Tensor:
-        """Landmark CNN output (B, R, 2) on the images, or on the views ``affine`` cuts from them."""
+        """Landmark CNN output (B, R, 2) on the images, or on the views ``affine`` cuts from them.
+
+        A CNN whose parameters are all frozen (``requires_grad=False``, e.g. fine-tuning with
+        ``freeze_landmark_cnn``) runs as a fixed model (:func:`fixed_landmarks`: eval mode, no gradient, fp32).
+        """
         if self.landmark_cnn is None:
             raise ValueError("this FaceModel has no landmark CNN")
         if affine is not None:
             size = self.cfg.image_size
             images = warp_images(images, affine, (size, size))
+        if not any(p.requires_grad for p in self.landmark_cnn.parameters()):
+            return fixed_landmarks(self.landmark_cnn, images)
         return self.landmark_cnn(images)
 
     def resolve_landmarks(

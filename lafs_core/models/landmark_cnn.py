@@ -81,12 +81,13 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_residual else y
 
 
-def minmax_to_pixels(raw: torch.Tensor, image_size: int) -> torch.Tensor:
-    """Per-sample joint min-max of all outputs to ``[0, image_size - 1]``; an epsilon keeps constant rows finite."""
+def minmax_to_pixels(raw: torch.Tensor, image_size: int, margin: float = 0.0) -> torch.Tensor:
+    """Per-sample joint min-max of all outputs to ``[margin, image_size - 1 - margin]`` (official: margin 0); an
+    epsilon keeps constant rows finite."""
     flat = raw.flatten(1)
     low = flat.min(dim=1, keepdim=True).values
     high = flat.max(dim=1, keepdim=True).values
-    scaled = (flat - low) / (high - low).clamp_min(MIN_RANGE) * (image_size - 1)
+    scaled = (flat - low) / (high - low).clamp_min(MIN_RANGE) * (image_size - 1 - 2 * margin) + margin
     return scaled.view_as(raw)
 
 
@@ -94,11 +95,17 @@ class LandmarkCNN(nn.Module):
     """MobileNetV3-Large trunk -> GAP -> dropout -> Linear(C -> 2R) -> min-max; input [-1, 1] RGB, output (B, R, 2)."""
 
     def __init__(
-        self, num_landmarks: int = 196, width_mult: float = 1.0, dropout: float = 0.5, image_size: int = 112
+        self,
+        num_landmarks: int = 196,
+        width_mult: float = 1.0,
+        dropout: float = 0.5,
+        image_size: int = 112,
+        margin: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_landmarks = num_landmarks
         self.image_size = image_size
+        self.margin = margin
         channels = make_divisible(STEM_CHANNELS * width_mult)
         layers: list[nn.Module] = [
             nn.Sequential(nn.Conv2d(3, channels, 3, 2, 1, bias=False), nn.BatchNorm2d(channels), nn.Hardswish())
@@ -124,6 +131,19 @@ class LandmarkCNN(nn.Module):
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01)
 
+    @torch.no_grad()
+    def start_at(self, layout: torch.Tensor, weight_scale: float = 0.01) -> None:
+        """Make the untrained CNN predict ``layout`` (R, 2) pixel points: head bias = layout, head weights shrunk.
+
+        With PyTorch's default head the min-max of random outputs scatters the landmarks over the image, and a
+        small-data Part fViT run then drags them into one cluster; from a layout every part of the face is sampled
+        at the start and training moves the points from there. With ``margin`` = the layout's first centre
+        (``landmark_range="layout"``) the min-max maps the layout onto itself.
+        """
+        head = self.output_layer[1]
+        head.weight.mul_(weight_scale)
+        head.bias.copy_(layout.reshape(-1).to(head.bias))
+
     def raw_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """The head's 2R outputs before min-max (B, 2R).
 
@@ -134,6 +154,6 @@ class LandmarkCNN(nn.Module):
         return self.output_layer(features.mean(dim=(2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Landmarks (B, R, 2) as (x, y) pixel coordinates spanning ``[0, image_size - 1]`` per sample."""
+        """Landmarks (B, R, 2) as (x, y) pixel coordinates spanning ``[margin, image_size - 1 - margin]`` per sample."""
         raw = self.raw_outputs(x)
-        return minmax_to_pixels(raw, self.image_size).view(x.shape[0], self.num_landmarks, 2)
+        return minmax_to_pixels(raw, self.image_size, self.margin).view(x.shape[0], self.num_landmarks, 2)

@@ -51,6 +51,19 @@ def grid_landmarks(image_size: int, patch_size: int, convention: Convention = "c
     return torch.stack((xs.reshape(-1), ys.reshape(-1)), dim=-1)
 
 
+def landmark_layout(num_landmarks: int, image_size: int, convention: Convention = "centered") -> torch.Tensor:
+    """(R, 2) centres of the regular sqrt(R) x sqrt(R) layout of R landmarks over the image, row-major.
+
+    Where untrained landmarks start (the landmark CNN's initial output, the rows of the position table) and where a
+    model without a landmark CNN samples its patches: the "grid" of R landmarks. With R = (image / patch)^2 it is
+    :func:`grid_landmarks` of the patch size, i.e. the non-overlapping patch grid.
+    """
+    side = round(num_landmarks**0.5)
+    if side * side != num_landmarks or image_size % side:
+        raise ValueError(f"{num_landmarks} landmarks make no square layout on a {image_size}-pixel image")
+    return grid_landmarks(image_size, image_size // side, convention)
+
+
 def grid_patches(images: torch.Tensor, patch_size: int, convention: Convention = "centered") -> torch.Tensor:
     """Non-overlapping patches (B, R, P*P*C) by reshaping; equals ``sample_patches`` at ``grid_landmarks``."""
     _check_convention(convention)

@@ -14,7 +14,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from lafs_core.config.model import ModelConfig
-from lafs_core.models.sampler import grid_landmarks, grid_patches, sample_patches
+from lafs_core.models.sampler import grid_patches, landmark_layout, sample_patches
 
 
 class Attention(nn.Module):
@@ -71,10 +71,27 @@ def compile_blocks(module: nn.Module) -> int:
     return len(blocks)
 
 
+# Amplitude of the sin-cos rows; tiny fine-tuning, 12 epochs, validation pairs: 0.2 / 0.5 / 1.0 -> 64.4 / 66.5 / 65.5 %.
+SINCOS_SCALE = 0.5
+
+
+def sincos_position_rows(points: torch.Tensor, dim: int, cell: float, scale: float = SINCOS_SCALE) -> torch.Tensor:
+    """(N, dim) 2-D sin-cos codes of (N, 2) pixel positions: dim/4 frequencies per axis, positions in ``cell`` units.
+
+    The transformer's attention needs to know where a token comes from; a learnt table started near zero takes
+    most of a small-data run to find out (tiny preset: 59.5 % vs 66.5 % on validation pairs after 12 epochs).
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position codes need a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    angles = [(points[:, axis : axis + 1] / cell) * omega for axis in (0, 1)]
+    return scale * torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
+
+
 def num_positions(cfg: ModelConfig) -> int:
-    """Rows of the position table: CLS + max(landmark count, grid token count) (197 for the paper's model)."""
-    grid_tokens = (cfg.image_size // cfg.patch_size) ** 2
-    return 1 + max(cfg.num_landmarks, grid_tokens)
+    """Rows of the position table: CLS + one per landmark slot (197 for the paper's model). No view has more tokens
+    than R: without landmarks the model samples the R-point layout, which is the patch grid when R = (S / P)^2."""
+    return 1 + cfg.num_landmarks
 
 
 class PartFViT(nn.Module):
@@ -109,6 +126,11 @@ class PartFViT(nn.Module):
                 trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        if self.cfg.pos_embed_init == "sincos":
+            layout = landmark_layout(self.cfg.num_landmarks, self.cfg.image_size, self.convention)
+            cell = self.cfg.image_size / round(self.cfg.num_landmarks**0.5)
+            with torch.no_grad():
+                self.pos_embed[0, 1 : 1 + len(layout)] = sincos_position_rows(layout, self.cfg.dim, cell)
 
     def embed_tokens(self, tokens: torch.Tensor, landmark_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n, P*P*3) tokens -> (B, 1+n, dim): patch embedding, CLS, position table, embedding dropout.
@@ -144,17 +166,19 @@ class PartFViT(nn.Module):
     def tokenize(
         self, images: torch.Tensor, landmarks: torch.Tensor | None = None, affine: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Tokens of normalised images at ``landmarks`` (B, N, 2), or on the regular grid when None."""
-        if landmarks is None and affine is None:
-            return grid_patches(images, self.cfg.patch_size, self.convention)
+        """Tokens of normalised images at ``landmarks`` (B, N, 2), or at the regular layout of R landmarks when None
+        (cut by reshaping when that layout is the non-overlapping patch grid)."""
+        cfg = self.cfg
+        if landmarks is None and affine is None and cfg.num_landmarks == (cfg.image_size // cfg.patch_size) ** 2:
+            return grid_patches(images, cfg.patch_size, self.convention)
         if landmarks is None:
             landmarks = self.grid_landmarks(images.shape[0], images.device)
-        return sample_patches(images, landmarks, self.cfg.patch_size, self.convention, affine)
+        return sample_patches(images, landmarks, cfg.patch_size, self.convention, affine)
 
     def grid_landmarks(self, batch: int, device: torch.device | None = None) -> torch.Tensor:
-        """(B, R, 2) regular-grid landmarks of this model's convention."""
-        lm = grid_landmarks(self.cfg.image_size, self.cfg.patch_size, self.convention)
-        return lm.to(device).expand(batch, -1, -1)
+        """(B, R, 2) the regular layout of R landmarks (:func:`landmark_layout`) in this model's convention."""
+        layout = landmark_layout(self.cfg.num_landmarks, self.cfg.image_size, self.convention)
+        return layout.to(device).expand(batch, -1, -1)
 
     def forward(
         self, images: torch.Tensor, landmarks: torch.Tensor | None = None, affine: torch.Tensor | None = None
@@ -164,7 +188,8 @@ class PartFViT(nn.Module):
 
 
 class GridFViT(PartFViT):
-    """Regular-grid fViT: non-overlapping (row, col, channel) patches, as the official no-landmark model."""
+    """Regular-grid fViT: patches on the regular layout of R landmarks in the centred convention, i.e. the official
+    no-landmark model's non-overlapping (row, col, channel) patches when R = (image / patch)^2."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg.model_copy(update={"sampler_convention": "centered"}))

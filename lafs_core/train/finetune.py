@@ -2,8 +2,9 @@
 
 Initialisation: the ViT from an SSL teacher (our pretraining export, or the official LAFS checkpoint's ``teacher``
 dict through the models' importer); the landmark CNN from a Part fViT checkpoint or a ``landmark_cnn.pt`` artifact,
-trainable. A frozen copy of that initial landmark CNN anchors the landmark regulariser (on by default). The
-classifier is sized to the labelled set (the k-shot subset in the few-shot protocol).
+trainable (a frozen copy anchors the landmark regulariser, on by default) or frozen (``freeze_landmark_cnn``).
+Without a landmark model the model samples the regular layout of R landmarks (the grid). The classifier is sized to
+the labelled set (the k-shot subset in the few-shot protocol).
 """
 
 from __future__ import annotations
@@ -62,15 +63,25 @@ def init_part(face: FaceModel, path: Path, part: str, cfg: ModelConfig) -> Impor
 
 
 def build_finetune_model(cfg: FinetuneConfig) -> tuple[FaceModel, dict[str, str]]:
-    """The initialised face model and a note of where each part came from."""
+    """The initialised face model and a note of where each part came from.
+
+    Without ``init_landmarks`` there is no landmark CNN: an untrained one would sample every patch at meaningless
+    positions, so the model samples the regular layout of R landmarks instead, and the log says so.
+    """
     torch.manual_seed(cfg.seed)
-    face = build_face_model(cfg.model, with_landmark_cnn=True)
-    sources = {"backbone": "scratch", "landmark_cnn": "scratch"}
+    face = build_face_model(cfg.model, with_landmark_cnn=cfg.init_landmarks is not None)
+    side = round(cfg.model.num_landmarks**0.5)
+    sources = {"backbone": "scratch", "landmark_cnn": f"none: the regular {side}x{side} layout"}
     if cfg.init_backbone is not None:
         sources["backbone"] = f"{init_part(face, cfg.init_backbone, 'backbone', cfg.model).kind}:{cfg.init_backbone}"
-    if cfg.init_landmarks is not None:
-        report = init_part(face, cfg.init_landmarks, "landmark_cnn", cfg.model)
-        sources["landmark_cnn"] = f"{report.kind}:{cfg.init_landmarks}"
+    if cfg.init_landmarks is None:
+        log.info("no landmark model given: fine-tuning samples the regular %dx%d layout of landmarks", side, side)
+        return face, sources
+    report = init_part(face, cfg.init_landmarks, "landmark_cnn", cfg.model)
+    sources["landmark_cnn"] = f"{report.kind}:{cfg.init_landmarks}"
+    if cfg.freeze_landmark_cnn:
+        face.landmark_cnn.requires_grad_(False)
+        sources["landmark_cnn"] += " (frozen)"
     return face, sources
 
 
@@ -87,7 +98,8 @@ class FinetuneStage(SupervisedStage):
         labels: tuple[int, int] | None = None,
     ) -> None:
         face, self.sources = build_finetune_model(cfg)
-        self.reference = frozen_copy(face.landmark_cnn) if cfg.landmark_reg else None
+        trained = face.landmark_cnn is not None and not cfg.freeze_landmark_cnn
+        self.reference = frozen_copy(face.landmark_cnn) if cfg.landmark_reg and trained else None
         super().__init__(cfg, dist, face, val_sets, labels)
         if self.reference is not None:
             self.reference.to(dist.device)

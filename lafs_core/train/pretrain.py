@@ -32,6 +32,7 @@ from lafs_core.config.pretrain import PretrainConfig
 from lafs_core.data.ssl_views import SSLViewMaker, SSLViews
 from lafs_core.distributed import DistInfo
 from lafs_core.errors import ConfigError, DataError, LafsError
+from lafs_core.eval.pairsets import PairSet
 from lafs_core.losses.dino import DINOLoss, koleo_loss
 from lafs_core.models.build import build_backbone, build_dino_head
 from lafs_core.models.face_model import FaceModel
@@ -250,8 +251,11 @@ class PretrainStage(Stage):
 
     name = STAGE
 
-    def __init__(self, cfg: PretrainConfig, dist: DistInfo, info: dict[str, Any] | None = None) -> None:
-        """Build the networks, optimiser, loss and view maker; ``info`` defaults to the shards' ``_info.json``."""
+    def __init__(
+        self, cfg: PretrainConfig, dist: DistInfo, info: dict[str, Any] | None = None, probe: PairSet | None = None
+    ) -> None:
+        """Build the networks, optimiser, loss and view maker; ``info`` defaults to the shards' ``_info.json``;
+        ``probe``: the live probe's pair set (``cfg.probe_set`` read by the caller), else pairs of the shards."""
         self.cfg = cfg
         self.dist = dist
         self.device = dist.device
@@ -264,7 +268,7 @@ class PretrainStage(Stage):
         self.validate_every = cfg.probe_every
         # Before seeding, so that building the probe (a landmark CNN loaded from disk) draws nothing from the run's
         # random streams.
-        self.probe, self.probe_landmarks = self._probe_set()
+        self.probe, self.probe_landmarks = self._probe_set(probe)
         torch.manual_seed(cfg.seed)
         self.student, self.teacher = build_networks(cfg)
         self.student.to(self.device)
@@ -430,14 +434,18 @@ class PretrainStage(Stage):
 
     # --- the probe ---------------------------------------------------------------------------------------------
 
-    def _probe_set(self) -> tuple[Any, nn.Module | None]:
-        """Labelled pairs of the shard set for the live probe, and the landmark model it embeds with (the online
-        CNN, else the CNN that wrote the shards' landmarks, else the grid); (None, None) when the probe is off."""
+    def _probe_set(self, given: PairSet | None) -> tuple[Any, nn.Module | None]:
+        """The live probe's pairs (``given``, else labelled pairs of the shard set) and the landmark model it embeds
+        with (the online CNN, else the CNN that wrote the shards' landmarks, else the grid); (None, None) when the
+        probe is off."""
         if not self.cfg.probe_every:
             return None, None
+        if self.cfg.probe_set and given is None:
+            raise ConfigError(f"pretrain.probe_set={self.cfg.probe_set!r} is read by `lafs pretrain`; run that")
         from lafs_core.eval.pairsets import shard_pair_set
 
-        probe = shard_pair_set(self.cfg.data_dir, self.cfg.probe_pairs, self.cfg.seed)
+        cfg = self.cfg
+        probe = given.cached() if given is not None else shard_pair_set(cfg.data_dir, cfg.probe_pairs, cfg.seed)
         if probe is None:
             log.warning("no same-identity pairs in %s: the live probe is off", self.cfg.data_dir)
             return None, None
@@ -449,10 +457,10 @@ class PretrainStage(Stage):
         return probe, None
 
 
-def train(cfg: PretrainConfig) -> dict[str, Any]:
+def train(cfg: PretrainConfig, probe: PairSet | None = None) -> dict[str, Any]:
     """Run (or resume) pretraining in this process (one rank of a torchrun job, or alone); the run's summary, whose
-    ``artifacts["teacher"]`` is the exported teacher on rank 0."""
-    return run_stage(lambda dist: PretrainStage(cfg, dist), cfg)
+    ``artifacts["teacher"]`` is the exported teacher on rank 0. ``probe``: the pair set of ``cfg.probe_set``."""
+    return run_stage(lambda dist: PretrainStage(cfg, dist, probe=probe), cfg)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> PretrainConfig:

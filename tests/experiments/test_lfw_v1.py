@@ -17,9 +17,11 @@ def test_budget_overrides_resolve_to_stage_configs(name: str) -> None:
     budget = BUDGETS[name]
     pre = load_config(PretrainConfig, overrides=budget.pretrain_overrides(), preset=budget.preset)
     assert pre.iters_per_epoch * pre.epochs >= budget.pretrain_steps == pre.max_steps
-    assert pre.probe_every == 0
-    fine = load_config(FinetuneConfig, overrides=budget.finetune_overrides(), preset=budget.preset)
-    assert fine.epochs == budget.finetune_epochs and fine.val_pairs == []
+    assert pre.probe_every * budget.curve_points <= budget.pretrain_steps < pre.probe_every * (budget.curve_points + 1)
+    fine = load_config(FinetuneConfig, overrides=budget.finetune_overrides(1812), preset=budget.preset)
+    assert fine.epochs == budget.finetune_epochs
+    steps = fine.epochs * (1812 // fine.global_batch_size)
+    assert fine.val_every * budget.curve_points <= steps < fine.val_every * (budget.curve_points + 1)
     assert fine.landmark_reg_boundaries == sorted(fine.landmark_reg_boundaries)
     assert fine.landmark_reg_boundaries[-1] <= fine.epochs
     part = load_config(PartFViTConfig, overrides=budget.supervised_overrides(budget.partfvit_epochs), preset="tiny")
@@ -27,7 +29,7 @@ def test_budget_overrides_resolve_to_stage_configs(name: str) -> None:
 
 
 def test_scaled_budget_multiplies_steps_and_epochs() -> None:
-    cpu = BUDGETS["cpu"]
+    cpu = BUDGETS["cpu-full"]
     half = cpu.scaled(0.5)
     assert half.pretrain_steps == round(cpu.pretrain_steps / 2)
     assert half.finetune_epochs == max(1, round(cpu.finetune_epochs / 2))

@@ -62,7 +62,8 @@ def test_cnn_source_runs_the_checkpoint_landmark_cnn(tmp_path):
         expected = model.landmark_cnn(normalize(torch.from_numpy(images).permute(0, 3, 1, 2)))
     assert ok.all()
     np.testing.assert_allclose(points, expected.numpy(), atol=1e-4)
-    assert points.min() == pytest.approx(0, abs=1e-4) and points.max() == pytest.approx(111, abs=1e-3)
+    low = model_cfg.landmark_margin()
+    assert points.min() == pytest.approx(low, abs=1e-4) and points.max() == pytest.approx(111 - low, abs=1e-3)
 
 
 def test_precompute_with_a_cnn_checkpoint_records_the_model(face_folder, make_config, tmp_path):

@@ -12,7 +12,7 @@ from lafs_core.data.augment import PhotometricAugment
 from lafs_core.data.normalize import normalize
 from lafs_core.data.ssl_views import SSLViewMaker, perturb, subset_indices
 from lafs_core.models.landmark_cnn import LandmarkCNN
-from lafs_core.models.sampler import grid_landmarks, sample_patches, warp_images
+from lafs_core.models.sampler import grid_landmarks, landmark_layout, sample_patches, warp_images
 
 
 def _grid_flip_perm(side: int) -> torch.Tensor:
@@ -120,7 +120,7 @@ def test_online_mode_uses_the_landmark_cnn_on_every_view() -> None:
 
 
 def test_dino_grid_multicrop() -> None:
-    cfg = _cfg("method=dino-grid", "model.num_landmarks=196", "local_views=8")
+    cfg = _cfg("method=dino-grid", "model.num_landmarks=196", "local_views=8", "dino_local_size=48")
     views = SSLViewMaker(cfg, seed=9)(_faces(2))
     assert [t.shape[1] for t in views.tokens] == [196, 196] + [36] * 8
     assert views.sizes == [112, 112] + [48] * 8
@@ -128,6 +128,16 @@ def test_dino_grid_multicrop() -> None:
     crop_scale = (local_affine[:, 0, 0].abs() * local_affine[:, 1, 1] * 48 * 48) / (112 * 112)
     assert bool(((crop_scale >= 0.05 - 1e-4) & (crop_scale <= 0.4 + 1e-4)).all())
     torch.testing.assert_close(views.landmarks[2][0], grid_landmarks(48, 8, "centered"))
+    torch.testing.assert_close(views.landmarks[0][0], grid_landmarks(112, 8, "centered"))
+
+
+def test_dino_grid_globals_take_the_layout_of_r_landmarks() -> None:
+    """With fewer landmarks than grid cells the grid baseline samples the same R-point layout a LAFS model starts
+    from, and its locals have as many tokens as LAFS locals (tiny: 7x7 globals, 32-px locals of 4x4)."""
+    views = SSLViewMaker(_cfg("method=dino-grid", "local_views=2"), seed=9)(_faces(2))
+    assert [t.shape[1] for t in views.tokens] == [49, 49, 16, 16]
+    torch.testing.assert_close(views.landmarks[1][1], landmark_layout(49, 112))
+    assert views.sizes == [112, 112, 32, 32]
 
 
 def _views_with(aug: PhotometricAugment, images: torch.Tensor, *overrides: str):

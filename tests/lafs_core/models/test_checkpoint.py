@@ -58,7 +58,14 @@ def test_every_official_base_key_maps_to_a_parameter_of_the_same_shape() -> None
 
 def tiny_official_cfg() -> ModelConfig:
     return load_config(StageConfig, preset="tiny").model.model_copy(
-        update={"sampler_convention": "official", "attn_scale": "dim", "init": "official", "dim_head": 64}
+        update={
+            "sampler_convention": "official",
+            "attn_scale": "dim",
+            "init": "official",
+            "dim_head": 64,
+            "landmark_range": "image",
+            "landmark_head_init": "default",
+        }
     )
 
 

@@ -1,13 +1,15 @@
-"""Landmark CNN: MobileNetV3-Large trunk sizes, min-max output range, NaN safety, gradients."""
+"""Landmark CNN: MobileNetV3-Large trunk sizes, min-max output range, the layout start, NaN safety, gradients."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from lafs_core.config import StageConfig, load_config
 from lafs_core.models.build import build_landmark_cnn
 from lafs_core.models.landmark_cnn import InvertedResidual, LandmarkCNN, minmax_to_pixels
+from lafs_core.models.sampler import landmark_layout
 
 
 def count(module: nn.Module) -> int:
@@ -32,15 +34,39 @@ def test_trunk_layout_expand_always_and_se_before_activation() -> None:
     assert cnn.features(torch.zeros(1, 3, 112, 112)).shape == (1, 160, 4, 4)
 
 
-def test_output_spans_full_range_per_sample() -> None:
-    cfg = load_config(StageConfig, preset="tiny").model
+@pytest.mark.parametrize(("landmark_range", "low"), [("image", 0.0), ("layout", 7.5)])
+def test_output_spans_its_range_per_sample(landmark_range: str, low: float) -> None:
+    cfg = load_config(StageConfig, preset="tiny").model.model_copy(update={"landmark_range": landmark_range})
     cnn = build_landmark_cnn(cfg).eval()
     images = torch.rand(4, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
     landmarks = cnn(images)
     assert landmarks.shape == (4, cfg.num_landmarks, 2)
     flat = landmarks.flatten(1)
-    torch.testing.assert_close(flat.min(dim=1).values, torch.zeros(4))
-    torch.testing.assert_close(flat.max(dim=1).values, torch.full((4,), 111.0))
+    torch.testing.assert_close(flat.min(dim=1).values, torch.full((4,), low))
+    torch.testing.assert_close(flat.max(dim=1).values, torch.full((4,), 111.0 - low))
+
+
+def test_an_untrained_cnn_predicts_the_layout_and_moves_when_trained() -> None:
+    cfg = load_config(StageConfig, preset="tiny").model
+    cnn = build_landmark_cnn(cfg)
+    images = torch.rand(4, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    layout = landmark_layout(cfg.num_landmarks, cfg.image_size)
+    torch.testing.assert_close(cnn.eval()(images), layout.expand(4, -1, -1), atol=0.05, rtol=0)
+    cnn.train()
+    optimiser = torch.optim.SGD(cnn.parameters(), lr=0.5)
+    for _ in range(3):  # pull landmark 0 to the right: a gradient reaches the head through the min-max
+        optimiser.zero_grad()
+        (-cnn(images)[:, 0, 0].mean()).backward()
+        optimiser.step()
+    assert float(cnn.eval()(images)[:, 0, 0].mean()) > layout[0, 0] + 1
+
+
+def test_default_head_scatters_untrained_landmarks() -> None:
+    cfg = load_config(StageConfig, preset="tiny").model.model_copy(update={"landmark_head_init": "default"})
+    cnn = build_landmark_cnn(cfg).eval()
+    images = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    error = (cnn(images) - landmark_layout(cfg.num_landmarks, cfg.image_size)).norm(dim=-1).mean()
+    assert float(error) > 10
 
 
 def test_constant_outputs_give_finite_landmarks() -> None:

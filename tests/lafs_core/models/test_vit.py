@@ -9,8 +9,8 @@ import torch
 
 from lafs_core.config import ModelConfig, StageConfig, load_config
 from lafs_core.models.build import build_face_model
-from lafs_core.models.sampler import grid_landmarks, sample_patches, warp_images
-from lafs_core.models.vit import Attention, GridFViT, PartFViT, compile_blocks
+from lafs_core.models.sampler import grid_landmarks, landmark_layout, sample_patches, warp_images
+from lafs_core.models.vit import Attention, GridFViT, PartFViT, compile_blocks, sincos_position_rows
 
 
 def tiny(**update: object) -> ModelConfig:
@@ -78,10 +78,13 @@ def test_dropouts_active_in_train_only_and_drop_path_schedule() -> None:
 
 @pytest.mark.parametrize("convention", ["official", "centered"])
 def test_grid_unfold_path_equals_sampling_at_grid_landmarks(convention: str) -> None:
-    vit = PartFViT(tiny(sampler_convention=convention)).eval()
+    vit = PartFViT(tiny(sampler_convention=convention, num_landmarks=196)).eval()
     images = torch.randn(2, 3, 112, 112)
     landmarks = grid_landmarks(112, 8, convention).expand(2, -1, -1)
     torch.testing.assert_close(vit(images), vit(images, landmarks), atol=1e-4, rtol=1e-4)
+    sparse = PartFViT(tiny(sampler_convention=convention)).eval()  # 49 landmarks: the 7x7 layout, not the grid
+    layout = landmark_layout(49, 112, convention).expand(2, -1, -1)
+    torch.testing.assert_close(sparse(images), sparse(images, layout), atol=1e-4, rtol=1e-4)
     grid = GridFViT(tiny(sampler_convention=convention)).eval()
     assert grid.convention == "centered"
     with pytest.raises(ValueError, match="no landmarks"):
@@ -135,3 +138,15 @@ def test_compiled_blocks_match_eager_and_keep_parameter_names() -> None:
             torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-4, msg=name)
             p.grad = q.grad = None
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # the blocks really ran compiled
+
+
+def test_position_rows_start_as_sincos_codes_of_the_layout() -> None:
+    vit = PartFViT(tiny())
+    layout = landmark_layout(49, 112)
+    rows = vit.pos_embed[0, 1:].detach()
+    torch.testing.assert_close(rows, sincos_position_rows(layout, 96, 16.0))
+    near = torch.cdist(rows[24:25], rows).squeeze(0)  # the centre landmark's row is closest to its neighbours'
+    assert near.argsort()[1:5].sort().values.tolist() == [17, 23, 25, 31]
+    random = PartFViT(tiny(pos_embed_init="random"))
+    assert float(random.pos_embed.detach().std()) < 0.05
+    assert vit.pos_embed.shape[1] == 50 and PartFViT(tiny(num_landmarks=196)).pos_embed.shape[1] == 197

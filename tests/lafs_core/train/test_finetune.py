@@ -15,6 +15,7 @@ from lafs_core.config.finetune import FinetuneConfig
 from lafs_core.errors import ConfigError
 from lafs_core.models.build import build_face_model
 from lafs_core.models.checkpoint import export_official_state_dict, load_face_model, save_model_checkpoint
+from lafs_core.models.sampler import landmark_layout
 from lafs_core.train.finetune import build_finetune_model, run_finetune
 
 
@@ -80,6 +81,7 @@ def test_finetune_runs_verifies_logs_and_registers(k4, init_files, mlflow_store,
             "num_workers=0",
             "log_every=1",
             "augment.mixup_prob=1.0",
+            "freeze_landmark_cnn=false",
             f"registered_model={name}",
         ],
     )
@@ -132,7 +134,8 @@ def test_the_same_seed_gives_the_same_model(k4, init_files, mlflow_store, tmp_pa
 
     def train(name: str) -> dict[str, torch.Tensor]:
         overrides = [f"data_dir={shards}", f"output_dir={tmp_path / name}", f"init_landmarks={partfvit_path}"]
-        overrides += ["global_batch_size=8", "max_steps=3", "num_workers=2", "augment.mixup_prob=1.0"]
+        overrides += ["global_batch_size=8", "micro_batch_size=8", "max_steps=3", "num_workers=2"]
+        overrides += ["augment.mixup_prob=1.0", "freeze_landmark_cnn=false"]
         overrides += ["val_pairs=[]", "log_model=false"]
         run_finetune(load_config(FinetuneConfig, preset="tiny", overrides=overrides))
         return torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
@@ -141,3 +144,30 @@ def test_the_same_seed_gives_the_same_model(k4, init_files, mlflow_store, tmp_pa
     assert first.keys() == second.keys()
     for key in first:
         torch.testing.assert_close(second[key], first[key], rtol=0, atol=0, msg=key)
+
+
+def test_without_a_landmark_model_the_grid_layout_is_sampled_and_said(init_files, caplog) -> None:
+    """No untrained landmark CNN: the model samples the regular layout, and the log and the sources say so."""
+    caplog.set_level("INFO", logger="lafs_core.train.finetune")
+    face, sources = build_finetune_model(load_config(FinetuneConfig, preset="tiny"))
+    assert face.landmark_cnn is None
+    assert sources["landmark_cnn"] == "none: the regular 7x7 layout"
+    assert "samples the regular 7x7 layout" in caplog.text
+    images = torch.rand(2, 3, 112, 112) * 2 - 1
+    torch.testing.assert_close(face.resolve_landmarks(images), landmark_layout(49, 112).expand(2, -1, -1))
+
+
+@pytest.mark.slow
+def test_a_frozen_landmark_cnn_stays_as_given(k4, init_files, mlflow_store, tmp_path) -> None:
+    _, shards = k4
+    _, partfvit_path, states = init_files
+    overrides = [f"data_dir={shards}", f"output_dir={tmp_path}", f"init_landmarks={partfvit_path}"]
+    overrides += ["global_batch_size=8", "micro_batch_size=8", "max_steps=2", "num_workers=0", "val_pairs=[]"]
+    summary = run_finetune(load_config(FinetuneConfig, preset="tiny", overrides=[*overrides, "log_model=false"]))
+    assert summary["init"]["landmark_cnn"].endswith("(frozen)")
+    trained = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    for key, value in states["partfvit"].items():
+        if key.startswith("landmark_cnn."):
+            torch.testing.assert_close(trained[key], value, rtol=0, atol=0, msg=key)
+        elif key.startswith("backbone.blocks.0.attn.qkv"):
+            assert not torch.equal(trained[key], states["teacher"][key])

@@ -245,7 +245,7 @@ def test_two_node_run_killed_then_resumed_on_one_rank(shards: Path, tmp_path: Pa
         "local_views=2",
         "num_workers=0",
         "epochs=2",
-        "iters_per_epoch=4",
+        "iters_per_epoch=40",  # long enough that the kill lands mid-run on a fast machine
         "probe_every=0",
         "checkpoint_every=2",
         "keep_checkpoints=10",
@@ -271,7 +271,7 @@ def test_two_node_run_killed_then_resumed_on_one_rank(shards: Path, tmp_path: Pa
     first = load_checkpoint(ckpt_path)
     assert first["world_size"] == 2
 
-    assert ckpt_step < 8, "the killed run finished before it was killed"
+    assert ckpt_step < 80, "the killed run finished before it was killed"
     resume_args = [*overrides, f"max_steps={ckpt_step + 2}", "--resume", "auto"]
     resume = _torchrun(["--standalone", "--nproc-per-node=1"], resume_args, env, tmp_path / "resume.log")
     assert resume.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-3000:]
@@ -279,7 +279,7 @@ def test_two_node_run_killed_then_resumed_on_one_rank(shards: Path, tmp_path: Pa
     resumed = [r for r in records if r["world_size"] == 1]
     assert resumed[0]["step"] == ckpt_step
     assert [r["step"] for r in resumed] == [ckpt_step, ckpt_step + 1]
-    sched = build_schedules(load_config(PretrainConfig, preset="tiny", overrides=overrides), 4)
+    sched = build_schedules(load_config(PretrainConfig, preset="tiny", overrides=overrides), 40)
     for r in resumed:
         values = sched.at(r["step"])
         assert r["lr"] == pytest.approx(values["lr"], rel=1e-12)
