@@ -99,9 +99,23 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     # End-to-end check of the wiring in a few minutes; the numbers mean nothing.
     "smoke": Budget(
-        "smoke", "tiny", 4, 2, 16, 2, 1, 1, 32, 32, 1e-3, 128, 1, supervised_max_steps=3, ssl_images="kshot",
+        "smoke",
+        "tiny",
+        4,
+        2,
+        16,
+        2,
+        1,
+        1,
+        32,
+        32,
+        1e-3,
+        128,
+        1,
+        supervised_max_steps=3,
+        ssl_images="kshot",
         curve_points=2,
-    ),  # fmt: skip
+    ),
     # 2 quiet CPU cores, at most an hour per seed (docs/results.md): Part fViT 20 epochs (once, ~4.5 min); per seed
     # SSL 2,500 steps of 32 pool images (~8.5 passes over the pool; ~7 min, lafs-online ~13 min) and fine-tuning
     # 40 epochs (~3 min) per row.
