@@ -60,8 +60,11 @@ class SupervisedConfig(StageConfig):
         None, ge=1, description="optimiser steps per epoch; default manifest samples // global batch (at least 1)"
     )
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (schedule unchanged)")
+    max_nonfinite_steps: int = Field(
+        5, ge=1, description="updates skipped for a non-finite gradient in a row before the run stops"
+    )
 
-    lr: float = Field(2.29e-3, gt=0, description="peak learning rate (official: 2.29e-3 at an effective batch 1200)")
+    lr: float = Field(2.29e-3, ge=0, description="peak learning rate (official: 2.29e-3 at an effective batch 1200)")
     min_lr: float = Field(1e-6, ge=0)
     warmup_epochs: float = Field(5, ge=0)
     weight_decay: float = Field(0.1, ge=0)

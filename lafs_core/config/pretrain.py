@@ -35,7 +35,7 @@ class PretrainConfig(StageConfig):
     )
     max_steps: int | None = Field(None, ge=1, description="stop after this many global steps (schedules unchanged)")
 
-    base_lr: float = Field(5e-4, gt=0, description="peak lr = base_lr * global_batch_size / 256")
+    base_lr: float = Field(5e-4, ge=0, description="peak lr = base_lr * global_batch_size / 256")
     min_lr: float = 1e-6
     warmup_epochs: float = Field(10, ge=0)
     weight_decay: float = 0.04
@@ -59,6 +59,9 @@ class PretrainConfig(StageConfig):
         0.0, ge=0, description="KoLeo regulariser weight on the student's global-view embeddings (DINOv2: 0.1); 0 off"
     )
     clip_grad: float = Field(3.0, ge=0, description="per-tensor L2 clip (DINO style); 0 disables")
+    max_nonfinite_steps: int = Field(
+        5, ge=1, description="updates skipped for a non-finite gradient in a row before the run stops"
+    )
     freeze_last_layer: int = Field(1, ge=0, description="epochs during which the head's last layer gets no update")
 
     global_views: int = Field(2, ge=1, le=2, description="teacher views (DINO/LAFS: 2)")

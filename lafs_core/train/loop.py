@@ -14,6 +14,9 @@ the rest, the same way for every stage:
   checkpoint and leaves with a :class:`~lafs_core.errors.LafsError` naming the step.
 - **Non-finite loss**: a stage calls :func:`check_finite` before its backward pass; every rank raises together, the
   loop saves the state before the step as ``checkpoints/nonfinite_step_N.pt`` and stops.
+- **Non-finite gradient**: a stage checks :func:`gradients_finite` before its update and skips the update (metric
+  ``nonfinite_grad`` = 1); the loop counts skipped steps and stops after ``max_nonfinite_steps`` in a row, saving
+  the (finite) state as above.
 - **Checkpoints** every ``checkpoint_every`` steps and at the end (``checkpoints/step_N.pt``, the newest
   ``keep_checkpoints`` kept) and ``best.pt`` whenever the stage's best metric improves. The state is built on every
   rank (a stage's state may be a collective, e.g. gathering Partial FC shards) and written atomically by rank 0.
@@ -32,7 +35,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,14 @@ def check_finite(loss: torch.Tensor, device: torch.device) -> None:
     flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=device)
     if all_reduce_sum(flag).item() > 0:
         raise NonFiniteLossError(f"non-finite loss ({float(loss.detach())})")
+
+
+def gradients_finite(parameters: Iterable[torch.Tensor], device: torch.device) -> bool:
+    """True on every rank when every gradient on every rank is finite (a collective); checked before an update, so
+    a non-finite gradient is never applied and a checkpoint after it holds the last finite state."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    local = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())) if grads else True
+    return not any_rank(not local, device)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
@@ -214,6 +225,8 @@ class _Loop:
         self.run_dir = Path(stage.cfg.output_dir)
         self.progress = Progress()
         self.health = HealthMonitor(stage.total_steps, out_dim=stage.teacher_out_dim)
+        self.skipped = 0
+        self.skipped_in_a_row = 0
 
     # --- checkpoints -------------------------------------------------------------------------------------------
 
@@ -274,6 +287,26 @@ class _Loop:
         for kind, message in findings.items():
             log.warning("%s: %s", self.stage.name, message)
             tracking.set_tags({"lafs.health": kind, "lafs.health_message": message})
+
+    def count_skipped(self, metrics: dict[str, float], step: int) -> None:
+        """Count updates the stage skipped for a non-finite gradient; stop after ``max_nonfinite_steps`` in a row."""
+        if not metrics.get("nonfinite_grad"):
+            self.skipped_in_a_row = 0
+            return
+        self.skipped += 1
+        self.skipped_in_a_row += 1
+        log.warning(
+            "%s: step %d skipped: non-finite gradient (%d in a row)", self.stage.name, step, self.skipped_in_a_row
+        )
+        limit = int(getattr(self.cfg, "max_nonfinite_steps", 1))
+        if self.skipped_in_a_row >= limit:
+            path = checkpoint_dir(self.run_dir) / f"nonfinite_step_{step:08d}.pt"
+            self.save(path)
+            raise LafsError(
+                f"{self.stage.name} stopped: {limit} steps in a row had a non-finite gradient (last: step {step}; "
+                f"{self.skipped} skipped in all); the last finite state is saved as {path}; try amp=none or a lower "
+                "learning rate"
+            )
 
     def validate(self) -> None:
         """Run the stage's validation, log it, and save ``best.pt`` when its best metric improved."""
@@ -339,6 +372,7 @@ class _Loop:
                 ) from None
             self.progress.step += 1
             self.record("history.jsonl", {"step": step, "world_size": self.dist.world_size, **metrics})
+            self.count_skipped(metrics, step)
             self.check_health(metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)

@@ -38,7 +38,7 @@ from lafs_core.models.build import build_backbone, build_dino_head
 from lafs_core.models.face_model import FaceModel
 from lafs_core.models.vit import GridFViT, PartFViT, compile_blocks
 from lafs_core.precision import autocast, autocast_dtype
-from lafs_core.train.loop import Stage, check_finite, run_stage
+from lafs_core.train.loop import Stage, check_finite, gradients_finite, run_stage
 from lafs_core.train.optim import build_adamw, set_lr, set_weight_decay
 from lafs_core.train.schedules import cosine_schedule, linear_then_constant
 
@@ -416,8 +416,11 @@ class PretrainStage(Stage):
         loss.backward()
         norms = clip_gradients(self.student, self.cfg.clip_grad) if self.cfg.clip_grad > 0 else []
         cancel_last_layer_gradients(self.student, epoch, self.cfg.freeze_last_layer)
-        self.optimizer.step()
-        ema_update(self.teacher, self.student, values["momentum"])
+        finite = gradients_finite(self.student.parameters(), self.device)
+        if finite:
+            self.optimizer.step()
+            ema_update(self.teacher, self.student, values["momentum"])
+        self.optimizer.zero_grad(set_to_none=True)
         grad_norm = float(np.sqrt(np.sum(np.square(norms)))) if norms else 0.0
         dino_loss, entropy = float(dino.detach()), self.loss_fn.last_teacher_entropy()
         return {
@@ -428,6 +431,7 @@ class PretrainStage(Stage):
             "teacher_entropy": entropy,
             "student_teacher_kl": dino_loss - entropy,
             "center_norm": self.loss_fn.center_norm(),
+            "nonfinite_grad": 0.0 if finite else 1.0,
             "epoch": float(epoch),
             **values,
         }

@@ -53,7 +53,7 @@ from lafs_core.train.classifier import (
     load_optimizer_state,
     optimizer_state,
 )
-from lafs_core.train.loop import LoopResult, Stage, check_finite
+from lafs_core.train.loop import LoopResult, Stage, check_finite, gradients_finite
 from lafs_core.train.optim import build_adamw, set_lr
 from lafs_core.train.schedules import cosine_schedule
 
@@ -97,7 +97,8 @@ def accumulation_step(
     """One optimiser step over ``micro_batches``: loss/accum backward each, all-reduce only on the last one.
 
     ``loss_fn(micro_batch) -> (loss, metrics)`` must run the forward through ``net`` (so DDP sees it). Every loss is
-    checked (:func:`~lafs_core.train.loop.check_finite`) before its backward pass. Returns the metrics averaged over
+    checked (:func:`~lafs_core.train.loop.check_finite`) before its backward pass, and the summed gradient before
+    the update: a non-finite one is dropped, not applied (``nonfinite_grad`` = 1). Returns the metrics averaged over
     the micro-batches, plus ``loss``.
     """
     accum = len(micro_batches)
@@ -111,10 +112,13 @@ def accumulation_step(
             (loss / accum).backward()
         for key, value in {"loss": float(loss.detach()), **metrics}.items():
             totals[key] = totals.get(key, 0.0) + value / accum
-    set_lr(optimizer, lr)
-    optimizer.step()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    finite = gradients_finite(params, loss.device)
+    if finite:
+        set_lr(optimizer, lr)
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return totals
+    return {**totals, "nonfinite_grad": 0.0 if finite else 1.0}
 
 
 def micro_batch_groups(loader: Any, accum: int) -> Iterator[list[Any]]:
