@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -36,8 +37,10 @@ _register()
 
 
 def main() -> None:
-    """Run the CLI; user errors print one line and exit with status 2."""
+    """Run the CLI; user errors print one line and exit with status 2; warnings (e.g. a training run that is not
+    learning) print to stderr as ``WARNING <logger>: <what>``."""
     configure_offline_env()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except LafsError as exc:

@@ -45,6 +45,7 @@ from pydantic import BaseModel
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from lafs_core import tracking
 from lafs_core.checkpoint_io import atomic_torch_save, read_checkpoint
@@ -284,9 +285,10 @@ class _Loop:
         if not self.dist.is_main:
             return
         findings = self.health.update(self.progress.step, metrics["loss"], metrics.get("teacher_entropy"))
-        for kind, message in findings.items():
+        for message in findings.values():
             log.warning("%s: %s", self.stage.name, message)
-            tracking.set_tags({"lafs.health": kind, "lafs.health_message": message})
+        if findings:
+            tracking.set_tags({"lafs.health": ",".join(findings), "lafs.health_message": " | ".join(findings.values())})
 
     def count_skipped(self, metrics: dict[str, float], step: int) -> None:
         """Count updates the stage skipped for a non-finite gradient; stop after ``max_nonfinite_steps`` in a row."""
@@ -355,7 +357,12 @@ class _Loop:
         )
 
     def train(self, stop: StopRequest) -> None:
-        """The steps, with logging, periodic validation and checkpoints, and the stop flag."""
+        """The steps, with logging, periodic validation and checkpoints, and the stop flag; log lines (a health
+        warning) print above the progress bar, not into it."""
+        with logging_redirect_tqdm():
+            self._train(stop)
+
+    def _train(self, stop: StopRequest) -> None:
         stage, total = self.stage, self.stage.total_steps
         first, started = self.progress.step, time.perf_counter()
         bar = tqdm(total=total, initial=first, desc=stage.name, unit="step", disable=not self.dist.is_main)

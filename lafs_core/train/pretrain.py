@@ -420,7 +420,6 @@ class PretrainStage(Stage):
         if finite:
             self.optimizer.step()
             ema_update(self.teacher, self.student, values["momentum"])
-        self.optimizer.zero_grad(set_to_none=True)
         grad_norm = float(np.sqrt(np.sum(np.square(norms)))) if norms else 0.0
         dino_loss, entropy = float(dino.detach()), self.loss_fn.last_teacher_entropy()
         return {

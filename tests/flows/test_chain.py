@@ -22,7 +22,7 @@ def test_lfw_v1_is_a_configuration_of_the_general_chain(shared_datasets: Path, t
     assert chain.params.exclude_pairs == str(lfw / "pairsDevTest.txt")
     subsets = chain.write_subsets()
     kshot = chain.kshot_shards(subsets)
-    assert kshot.source == subsets.kshot and kshot.exclude_pairs is None and kshot.align == "lfw-deepfunneled"
+    assert kshot.source == subsets.kshot and kshot.exclude_pairs == [] and kshot.align == "lfw-deepfunneled"
     assert "--fewshot" not in kshot.command() and kshot.command()[:4] == [
         "data",
         "shards",
@@ -33,16 +33,20 @@ def test_lfw_v1_is_a_configuration_of_the_general_chain(shared_datasets: Path, t
     assert landmark_stage is not None and landmark_stage.overrides[0] == "val_pairs=[]"
     cnn = chain.landmark_model(landmark_stage.out_dir)
     assert cnn == str(tmp_path / "partfvit" / "landmark_cnn.pt")
+    validation = chain.validation_file()
+    assert validation is not None and Path(validation).is_file()
     pool = chain.pool_shards(subsets, cnn)
     assert (pool.source, pool.exclude_pairs, pool.landmarks) == (
         str(lfw / "lfw-deepfunneled"),
-        str(lfw / "pairsDevTest.txt"),
+        [str(lfw / "pairsDevTest.txt"), validation],
         f"cnn:{cnn}",
     )
     assert "max_inputs=40" in pool.command()
     finetune = chain.finetune(kshot.out_dir, "teacher.pt", cnn)
     command = finetune.command()
-    assert command[0] == "finetune" and command.index("val_pairs=[]") < command.index(f"data_dir={kshot.out_dir}")
+    assert command[0] == "finetune"
+    assert command.index("val_pairs=[lfw-v1-val]") < command.index(f"data_dir={kshot.out_dir}")
+    assert "probe_set=lfw-v1-val" in chain.pretrain(pool.out_dir).command()
     assert f"init_landmarks={cnn}" in command and chain.final_checkpoint(finetune.out_dir).endswith("finetune/last.pt")
 
 

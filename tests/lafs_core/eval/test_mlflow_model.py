@@ -3,6 +3,7 @@ with torch's embeddings."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -58,11 +59,13 @@ def served(mlflow_store, mlflow_uri: str, tmp_path: Path) -> Iterator[tuple]:
     signature = mlflow.models.get_model_info(f"models:/{name}/1").signature
     port = _free_port()
     log = (tmp_path / "serve.log").open("wb")
-    command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{name}/1",
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{name}/1",
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     server = subprocess.Popen(
         command,
-        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
+        # mlflow starts `uvicorn` by name: the environment's scripts must be on PATH even when it is not activated
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -80,13 +83,19 @@ def served(mlflow_store, mlflow_uri: str, tmp_path: Path) -> Iterator[tuple]:
                 time.sleep(0.5)
         yield face, fmt, signature, url
     finally:
+        _stop(server)
+        log.close()
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """Stop the server's whole process group (uvicorn runs as a child); nothing to do if it has already exited."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+    server.wait()
 
 
 def test_served_model_answers_with_the_torch_embeddings(served, shared_datasets: Path) -> None:

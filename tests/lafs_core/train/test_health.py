@@ -1,12 +1,21 @@
-"""The health monitor's judgement on loss and entropy sequences (the real-run checks live with the stage tests)."""
+"""The health monitor: its judgement on loss and entropy sequences, and real runs that stall, collapse or learn."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
+from _pretrain_shards import write_lfw_shards
+from _supervised_shards import lfw_k4_shards
 
+from lafs_core.config import load_config
+from lafs_core.config.finetune import FinetuneConfig
+from lafs_core.config.pretrain import PretrainConfig
+from lafs_core.train.finetune import run_finetune
 from lafs_core.train.health import HealthMonitor
+from lafs_core.train.pretrain import train
 
 
 def feed(monitor: HealthMonitor, losses: np.ndarray, entropies: np.ndarray | None = None) -> dict[str, str]:
@@ -58,3 +67,51 @@ def test_short_runs_are_judged_too() -> None:
     monitor = HealthMonitor(total_steps=6)
     assert set(feed(monitor, np.full(6, 5.0))) == {"stalled"}
     assert monitor.checked
+
+
+# --- real runs: the warning fires on a run that cannot learn and stays quiet on a healthy one ---------------------
+
+
+@pytest.fixture(scope="module")
+def k4(lfw_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return lfw_k4_shards(lfw_root, tmp_path_factory.mktemp("health_k4"))[1]
+
+
+def finetune_for(k4: Path, out: Path, lr: float) -> dict:
+    overrides = [
+        f"data_dir={k4}", f"output_dir={out}", f"lr={lr}", "global_batch_size=8", "micro_batch_size=8", "epochs=8",
+        "warmup_epochs=0", "num_workers=0", "cpu_threads=1", "val_pairs=[]", "log_model=false", "checkpoint_every=100",
+    ]  # fmt: skip
+    return run_finetune(load_config(FinetuneConfig, preset="tiny", overrides=overrides))
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_learn_is_reported_and_a_healthy_one_is_not(k4: Path, tmp_path: Path, mlflow_store, caplog):
+    caplog.set_level("WARNING", logger="lafs_core.train.loop")
+    frozen = finetune_for(k4, tmp_path / "lr0", lr=0.0)
+    tags = mlflow_store.get_run(frozen["run_id"]).data.tags
+    assert tags["lafs.health"] == "stalled"
+    assert "training loss has not fallen after 12 of 48 steps" in tags["lafs.health_message"]
+    assert "finetune: training loss has not fallen" in caplog.text
+
+    caplog.clear()
+    healthy = finetune_for(k4, tmp_path / "lr1e-3", lr=1e-3)
+    assert "lafs.health" not in mlflow_store.get_run(healthy["run_id"]).data.tags
+    assert "has not fallen" not in caplog.text
+
+
+@pytest.mark.slow
+def test_a_pretraining_run_with_a_uniform_teacher_is_tagged_collapsed(
+    lfw_root: Path, tmp_path: Path, mlflow_store
+) -> None:
+    """A teacher temperature of 100 makes the teacher's output the uniform distribution: the SSL collapse."""
+    shards = tmp_path / "shards"
+    write_lfw_shards(lfw_root, shards, 49, max_images=64, shard_size=32)
+    overrides = [
+        f"data_dir={shards}", f"output_dir={tmp_path / 'run'}", "global_batch_size=8", "local_views=2", "epochs=2",
+        "iters_per_epoch=8", "num_workers=0", "probe_every=0", "warmup_teacher_temp=100", "teacher_temp=100",
+    ]  # fmt: skip
+    summary = train(load_config(PretrainConfig, preset="tiny", overrides=overrides))
+    tags = mlflow_store.get_run(summary["run_id"]).data.tags
+    assert tags["lafs.health"].split(",")[-1] == "collapsed"
+    assert "collapsed to the uniform distribution" in tags["lafs.health_message"]

@@ -1,5 +1,5 @@
 """The one stage loop with a stage of its own (a real linear regression): checkpoint cadence, resume into the same
-MLflow run, validation and best.pt, the stop flag and the non-finite guard."""
+MLflow run, validation and best.pt, the stop flag and the non-finite guards (loss and gradient)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from lafs_core.config import StageConfig
 from lafs_core.distributed import DistInfo
 from lafs_core.errors import LafsError
 from lafs_core.train.checkpointing import list_checkpoints
-from lafs_core.train.loop import Stage, check_finite, run_stage
+from lafs_core.train.loop import Stage, check_finite, gradients_finite, run_stage
 
 
 class LoopConfig(StageConfig):
@@ -34,6 +34,9 @@ class LoopConfig(StageConfig):
     validate_every: int = 0
     stop_at: int = -1
     poison_at: int = -1
+    nan_grads_from: int = -1
+    nan_grads_until: int = -1
+    max_nonfinite_steps: int = 3
 
 
 class Regression(Stage):
@@ -70,8 +73,12 @@ class Regression(Stage):
         check_finite(loss * (float("nan") if step == self.cfg.poison_at else 1.0), self.dist.device)
         self.optimizer.zero_grad()
         loss.backward()
-        self.optimizer.step()
-        return {"loss": float(loss.detach())}
+        if self.cfg.nan_grads_from <= step < self.cfg.nan_grads_until:
+            self.model.weight.grad.fill_(float("nan"))
+        finite = gradients_finite(self.model.parameters(), self.dist.device)
+        if finite:
+            self.optimizer.step()
+        return {"loss": float(loss.detach()), "nonfinite_grad": 0.0 if finite else 1.0}
 
     def state(self, resumable: bool = True) -> dict[str, Any]:
         return {"model": self.model.state_dict(), **({"optimizer": self.optimizer.state_dict()} if resumable else {})}
@@ -131,3 +138,24 @@ def test_a_non_finite_loss_saves_the_state_before_the_step(tmp_path: Path, mlflo
         run(tmp_path, poison_at=2, checkpoint_every=100)
     saved = read_checkpoint(tmp_path / "checkpoints" / "nonfinite_step_00000002.pt")
     assert saved["step"] == 2 and list_checkpoints(tmp_path) == []
+
+
+def test_a_non_finite_gradient_is_skipped_and_counted(tmp_path: Path, mlflow_store) -> None:
+    summary = run(tmp_path, nan_grads_from=2, nan_grads_until=4, checkpoint_every=100)
+    assert summary["steps"] == 6
+    history = lines(tmp_path / "history.jsonl")
+    assert [r["nonfinite_grad"] for r in history] == [0, 0, 1, 1, 0, 0]
+    weights = read_checkpoint(tmp_path / "last.pt")["model"]
+    assert all(bool(torch.isfinite(t).all()) for t in weights.values())
+
+
+def test_non_finite_gradients_in_a_row_stop_the_run_with_the_last_finite_state(tmp_path: Path, mlflow_store) -> None:
+    with pytest.raises(LafsError, match=r"regression stopped: 3 steps in a row had a non-finite gradient"):
+        run(tmp_path, nan_grads_from=2, nan_grads_until=100, checkpoint_every=100)
+    saved = read_checkpoint(tmp_path / "checkpoints" / "nonfinite_step_00000004.pt")
+    before = run(tmp_path / "two_steps", total_steps=2)
+    assert before["steps"] == 2
+    reference = read_checkpoint(tmp_path / "two_steps" / "last.pt")["model"]
+    for key, value in saved["model"].items():
+        assert bool(torch.isfinite(value).all())
+        torch.testing.assert_close(value, reference[key])  # nothing of the three bad steps was applied

@@ -208,6 +208,18 @@ def test_nonfinite_loss_stops_with_checkpoint(shards: Path, tmp_path: Path, mlfl
     assert list_checkpoints(out) == []
 
 
+def test_an_exploding_run_stops_with_a_finite_checkpoint(shards: Path, tmp_path: Path, mlflow_store) -> None:
+    """base_lr=1e6: the first update blows the weights up; what is saved when the run stops is still finite."""
+    out = tmp_path / "explode"
+    cfg = _cfg(shards, out, "probe_every=0", "base_lr=1e6", "warmup_epochs=0", "max_nonfinite_steps=2")
+    with pytest.raises(LafsError, match=r"pretrain stopped: .*non-finite"):
+        run_stage(lambda dist: PretrainStage(cfg, dist), cfg)
+    (saved,) = (out / "checkpoints").glob("nonfinite_step_*.pt")
+    state = load_checkpoint(saved)
+    tensors = [t for part in ("student", "teacher") for t in state[part].values() if t.is_floating_point()]
+    assert tensors and all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL a torchrun agent and its workers (they run in their own sessions, so killpg is not enough)."""
     try:
