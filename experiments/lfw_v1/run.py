@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.lfw_v1.budgets import BUDGETS, Budget
+from experiments.lfw_v1.curves import plot_curves
 from experiments.lfw_v1.table import ROWS, SETS, Record, comparisons, markdown, summarise
 from flows.chain import Chain, configuration, evaluate_checkpoint, load_eval_pairs
 from flows.params import EvalSetParams, ShardsParams, StageParams
@@ -267,7 +268,8 @@ class Experiment:
         return records
 
     def write_results(self) -> dict[str, Any]:
-        """``results.json`` (everything) and ``results.md`` (the table), written atomically."""
+        """``results.json`` (everything) and ``results.md`` (the table), written atomically; ``curves.png`` and
+        ``curves.json`` (validation-pair learning curves, :mod:`experiments.lfw_v1.curves`)."""
         self.records = self.read_records()
         table = summarise(self.records)
         diffs = comparisons(self.records)
@@ -290,6 +292,7 @@ class Experiment:
             tmp = self.out / f".{name}.tmp"
             tmp.write_text(content)
             tmp.replace(self.out / name)
+        plot_curves(self.out)
         return results
 
 
