@@ -37,10 +37,12 @@ _register()
 
 
 def main() -> None:
-    """Run the CLI; user errors print one line and exit with status 2; warnings (e.g. a training run that is not
-    learning) print to stderr as ``WARNING <logger>: <what>``."""
+    """Run the CLI; user errors print one line and exit with status 2; the stages' notices and warnings (e.g. a
+    training run that is not learning) print to stderr as ``LEVEL <logger>: <what>``."""
     configure_offline_env()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for package in ("lafs_core", "data_tools"):  # what a stage decided (resumed, no landmark model, probe accuracy)
+        logging.getLogger(package).setLevel(logging.INFO)
     try:
         app()
     except LafsError as exc:

@@ -47,12 +47,9 @@ def register(app: typer.Typer) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" not in os.environ:
             typer.echo(f"WORLD_SIZE is set but this is not a torchrun rank; launch with: {TORCHRUN_HINT}", err=True)
             raise typer.Exit(2)
-        import logging
-
         from data_tools.pairsets import load_pair_set
         from lafs_core.train.pretrain import train
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         probe = load_pair_set(cfg.probe_set) if cfg.probe_set and cfg.probe_every else None
         summary = train(cfg, probe)
         if summary["rank"] != 0:

@@ -278,7 +278,8 @@ class _Loop:
         if self.stage.images_per_step:
             logged["images_per_s"] = done * self.stage.images_per_step / max(elapsed, 1e-9)
         tracking.log_metrics({f"{self.stage.metric_prefix}{k}": v for k, v in logged.items()}, step=self.progress.step)
-        log.info("%s step %d/%d loss %.4f", self.stage.name, self.progress.step, self.stage.total_steps, logged["loss"])
+        step, total = self.progress.step, self.stage.total_steps
+        log.debug("%s step %d/%d loss %.4f", self.stage.name, step, total, logged["loss"])
 
     def check_health(self, metrics: dict[str, float]) -> None:
         """Rank 0 feeds the health monitor its step metrics; a finding is a warning and an MLflow tag, once."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +118,20 @@ def test_a_pretraining_run_with_a_uniform_teacher_is_tagged_collapsed(
     tags = mlflow_store.get_run(summary["run_id"]).data.tags
     assert tags["lafs.health"].split(",")[-1] == "collapsed"
     assert "collapsed to the uniform distribution" in tags["lafs.health_message"]
+
+
+@pytest.mark.slow
+def test_the_cli_prints_the_stall_warning_and_the_landmark_notice(k4: Path, tmp_path: Path, mlflow_uri: str) -> None:
+    """What a user of ``lafs finetune`` sees on stderr: which landmarks are sampled, and that it is not learning."""
+    overrides = [
+        f"data_dir={k4}", f"output_dir={tmp_path / 'cli'}", "lr=0", "global_batch_size=8", "micro_batch_size=8",
+        "epochs=4", "warmup_epochs=0", "num_workers=0", "val_pairs=[]", "log_model=false", "checkpoint_every=100",
+    ]  # fmt: skip
+    lafs = Path(sys.executable).with_name("lafs")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(lafs), "finetune", "--preset", "tiny", *overrides], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "INFO lafs_core.train.finetune: no landmark model given: fine-tuning samples the regular 7x7" in done.stderr
+    assert "WARNING lafs_core.train.loop: finetune: training loss has not fallen" in done.stderr
