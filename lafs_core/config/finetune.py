@@ -91,7 +91,9 @@ class SupervisedConfig(StageConfig):
     )
 
     val_pairs: list[str] = Field(
-        default_factory=lambda: ["lfw-v1"], description="pair sets verified during training (eval pair-set names)"
+        default_factory=lambda: ["lfw-v1-val"],
+        description="pair sets verified during training (eval pair-set names; the first picks best.pt): tuning pairs, "
+        "never the test pairs you report (lfw-v1-val: protocols.md 1.5); [] for none",
     )
     val_every: int = Field(500, ge=0, description="optimiser steps between verifications (and at the end); 0: end only")
     val_batch_size: int = Field(128, ge=1)
