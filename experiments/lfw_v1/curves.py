@@ -21,7 +21,7 @@ import numpy as np
 from data_tools.shards.writer import atomic_write_bytes
 
 FINETUNE_ACC = "lfw-v1-val/acc"
-PROBE_ACC = "probe/verification_acc"
+PROBE_ACC = "probe/verification_acc"  # the SSL teacher's 10-fold accuracy (``probe/auc`` beside it since 2026-11-30)
 LOSS_WINDOW = 25  # steps in the running mean of a training-loss curve
 
 

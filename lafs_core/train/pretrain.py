@@ -369,7 +369,7 @@ class PretrainStage(Stage):
         model = FaceModel(backbone.cfg, self.probe_landmarks, backbone=backbone)
         verified = verify(model, self.probe, metric="cosine", amp=self.cfg.amp)
         log.info("step %d probe verification accuracy %.4f", step, verified.result.accuracy_mean)
-        return {"probe/verification_acc": verified.result.accuracy_mean}
+        return {"probe/verification_acc": verified.result.accuracy_mean, "probe/auc": verified.result.auc}
 
     def export(self, run_dir: Path, step: int) -> dict[str, Path]:
         """Rank 0 writes the teacher backbone (+ DINO head) in the models' checkpoint format, stage 'pretrain'."""

@@ -157,7 +157,7 @@ def test_train_resume_and_tracking(shards: Path, tmp_path: Path, mlflow_store) -
     assert run.data.params["method"] == "lafs"
     for name in ("loss", "lr", "wd", "momentum", "teacher_temp", "center_norm", "teacher_entropy", "images_per_s"):
         assert name in run.data.metrics, name
-    assert 0.0 <= run.data.metrics["probe/verification_acc"] <= 1.0
+    assert 0.0 <= run.data.metrics["probe/verification_acc"] <= 1.0 and 0.0 <= run.data.metrics["probe/auc"] <= 1.0
     artifacts = {a.path for a in mlflow_store.list_artifacts(run_id)}
     assert {"views.png", "teacher.pt", "config.yaml"} <= artifacts
     assert [r["step"] for r in run_probe(out)] == [2, 4]
