@@ -58,7 +58,8 @@ def test_an_untrained_cnn_predicts_the_layout_and_moves_when_trained() -> None:
         optimiser.zero_grad()
         (-cnn(images)[:, 0, 0].mean()).backward()
         optimiser.step()
-    assert float(cnn.eval()(images)[:, 0, 0].mean()) > layout[0, 0] + 1
+    with torch.no_grad():
+        assert float(cnn.eval()(images)[:, 0, 0].mean()) > layout[0, 0] + 1
 
 
 def test_default_head_scatters_untrained_landmarks() -> None:
