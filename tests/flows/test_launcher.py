@@ -91,7 +91,7 @@ def test_exit_codes_become_task_states(prefect_api: str, tmp_path: Path) -> None
     ok = job([JOB, "allreduce"], str(tmp_path / "ok.log"), return_state=True)
     assert ok.is_completed()
     log = (tmp_path / "ok.log").read_text()
-    assert "rank 0/2 sum=3" in log
+    assert "rank 0/2 sum=3 tqdm every 30 s" in log  # progress bars log every 30 s, not every step
     assert "rank 1/2 sum=3" in log
 
     bad = job([JOB, "exit", "3"], str(tmp_path / "bad.log"), return_state=True)

@@ -22,7 +22,7 @@ def main() -> int:
     if mode == "allreduce":
         value = torch.tensor([float(rank + 1)])
         dist.all_reduce(value)
-        print(f"rank {rank}/{world} sum={value.item():.0f}", flush=True)
+        print(f"rank {rank}/{world} sum={value.item():.0f} tqdm every {os.environ['TQDM_MININTERVAL']} s", flush=True)
         dist.destroy_process_group()
         return 0
     if mode == "exit":
